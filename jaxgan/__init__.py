@@ -1,0 +1,1 @@
+"""jaxgan: GANs in JAX/Flax."""
