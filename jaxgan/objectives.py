@@ -1,0 +1,240 @@
+"""Objectives: the D-side and G-side terms of a GAN game, composed by weighted sum.
+
+An `Objective` is a tuple of `Term`s. Each term is a pure function of the discriminator outputs (and,
+for penalties, of a discriminator closure and the data) that returns a scalar; the train step minimises,
+per player, the weighted sum of that player's terms and reports every term separately in its metrics
+(``d/<name>``, ``g/<name>``). Objectives add and scale like numbers, in the spirit of ``optax.chain``::
+
+    objective = objectives.wasserstein() + 10.0 * objectives.gradient_penalty()
+
+Scalars that a study may want to sweep without recompiling (label smoothing, a penalty weight, the
+instance-noise scale) are *hyperparameters*: named float32 scalars that live in the train state
+(``GANState.hparams``) and are read by the terms at run time, so `jax.vmap` can give every run its own
+value. ``Objective.hparams`` holds their defaults. `weighted_by` makes a term's weight such a
+hyperparameter, e.g. ``objectives.gradient_penalty().weighted_by("penalty_weight", 10.0)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxgan import losses, penalties
+
+
+class TermInputs(NamedTuple):
+    """What a term may look at. Shapes: outputs [B] (or [B, ...]), data [B, ...]."""
+    real_outputs: jax.Array | None  # D(real); for G terms only when `Objective.g_needs_real`
+    fake_outputs: jax.Array  # D(G(z))
+    real: jax.Array  # the real batch as D saw it (after instance noise)
+    fake: jax.Array  # the generated batch as D saw it
+    d_fn: Callable[[jax.Array], jax.Array]  # x -> D(x) with the current D parameters, no state updates
+    key: jax.Array  # a fresh key for this term's randomness
+    hparams: Mapping[str, jax.Array]
+
+
+TermFn = Callable[[TermInputs], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    name: str
+    player: str  # "d" or "g"
+    fn: TermFn
+    weight: float = 1.0
+    weight_hparam: str | None = None  # if set, the weight is multiplied by hparams[weight_hparam]
+    needs_real: bool = False  # a G term that needs D(real)
+
+    def weight_value(self, hparams: Mapping[str, Any]):
+        if self.weight_hparam is None:
+            return self.weight
+        return self.weight * hparams[self.weight_hparam]
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """A weighted sum of D terms and G terms. Add objectives with ``+``; scale them with ``*``."""
+    terms: tuple[Term, ...]
+    hparams: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        names = [(t.player, t.name) for t in self.terms]
+        duplicates = {n for n in names if names.count(n) > 1}
+        if duplicates:
+            raise ValueError(f"objective has duplicate terms {sorted(duplicates)}; give each term its own name")
+
+    def __add__(self, other: "Objective") -> "Objective":
+        if not isinstance(other, Objective):
+            return NotImplemented
+        return Objective(self.terms + other.terms, {**self.hparams, **other.hparams})
+
+    def __mul__(self, weight: float) -> "Objective":
+        weight = float(weight)
+        if weight < 0:
+            raise ValueError(f"objective weight must be >= 0, got {weight}")
+        return Objective(tuple(dataclasses.replace(t, weight=t.weight * weight) for t in self.terms), self.hparams)
+
+    __rmul__ = __mul__
+
+    def weighted_by(self, hparam: str, default: float) -> "Objective":
+        """Every term's weight is multiplied by the run-time hyperparameter ``hparam`` (default ``default``)."""
+        if default < 0:
+            raise ValueError(f"{hparam} must be >= 0, got {default}")
+        return Objective(tuple(dataclasses.replace(t, weight_hparam=hparam) for t in self.terms),
+                         {**self.hparams, hparam: float(default)})
+
+    @property
+    def d_terms(self) -> tuple[Term, ...]:
+        return tuple(t for t in self.terms if t.player == "d")
+
+    @property
+    def g_terms(self) -> tuple[Term, ...]:
+        return tuple(t for t in self.terms if t.player == "g")
+
+    @property
+    def g_needs_real(self) -> bool:
+        return any(t.needs_real for t in self.g_terms)
+
+    @property
+    def has_gradient_penalty(self) -> bool:
+        return any(t.name in PENALTY_TERM_NAMES for t in self.d_terms)
+
+    def evaluate(self, player: str, inputs: TermInputs) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Weighted total of ``player``'s terms and each term's unweighted value (for the metrics)."""
+        terms = self.d_terms if player == "d" else self.g_terms
+        keys = jax.random.split(inputs.key, max(len(terms), 1))
+        total = jnp.zeros((), jnp.float32)
+        values = {}
+        for term, key in zip(terms, keys):
+            value = term.fn(inputs._replace(key=key))
+            values[term.name] = value
+            total = total + term.weight_value(inputs.hparams) * value
+        return total, values
+
+
+def _loss_objective(d_fn: TermFn, g_fn: TermFn, hparams=None, g_needs_real=False) -> Objective:
+    return Objective((Term("loss", "d", d_fn), Term("loss", "g", g_fn, needs_real=g_needs_real)), dict(hparams or {}))
+
+
+  # ----------------------------------------------------------------------------- named losses
+
+def non_saturating(label_smoothing: float = 0.0) -> Objective:
+    """The JSD game with the non-saturating G loss -log D(G(z)) (Goodfellow et al. 2014, section 3)."""
+    return _loss_objective(
+        lambda t: losses.modified_discriminator_loss(t.real_outputs, t.fake_outputs,
+                                                     label_smoothing=t.hparams["label_smoothing"]),
+        lambda t: losses.modified_generator_loss(t.fake_outputs),
+        {"label_smoothing": label_smoothing})
+
+
+def minimax(label_smoothing: float = 0.0) -> Objective:
+    """The original minimax JSD game: G minimises log(1 - D(G(z))), which saturates when D wins."""
+    return _loss_objective(
+        lambda t: losses.minimax_discriminator_loss(t.real_outputs, t.fake_outputs,
+                                                    label_smoothing=t.hparams["label_smoothing"]),
+        lambda t: losses.minimax_generator_loss(t.fake_outputs),
+        {"label_smoothing": label_smoothing})
+
+
+def least_squares(real_label: float = 1.0, fake_label: float = 0.0) -> Objective:
+    """LSGAN (Mao et al. 2017) with labels a = fake_label, b = c = real_label."""
+    return _loss_objective(
+        lambda t: losses.least_squares_discriminator_loss(t.real_outputs, t.fake_outputs, real_label=real_label,
+                                                          fake_label=fake_label),
+        lambda t: losses.least_squares_generator_loss(t.fake_outputs, real_label=real_label))
+
+
+def wasserstein() -> Objective:
+    """WGAN (Arjovsky et al. 2017); pair it with weight clipping or a gradient penalty."""
+    return _loss_objective(lambda t: losses.wasserstein_discriminator_loss(t.real_outputs, t.fake_outputs),
+                           lambda t: losses.wasserstein_generator_loss(t.fake_outputs))
+
+
+def hinge(real_hinge: float = 1.0, generated_hinge: float = 1.0) -> Objective:
+    """Hinge loss of SNGAN/SAGAN/BigGAN."""
+    return _loss_objective(
+        lambda t: losses.wasserstein_hinge_discriminator_loss(t.real_outputs, t.fake_outputs, real_hinge=real_hinge,
+                                                              generated_hinge=generated_hinge),
+        lambda t: losses.wasserstein_hinge_generator_loss(t.fake_outputs))
+
+
+def relativistic() -> Objective:
+    """Relativistic average GAN (RaSGAN); its G loss also looks at D(real)."""
+    return _loss_objective(lambda t: losses.relativistic_discriminator_loss(t.real_outputs, t.fake_outputs),
+                           lambda t: losses.relativistic_generator_loss(t.real_outputs, t.fake_outputs),
+                           g_needs_real=True)
+
+
+def f_gan(divergence: str) -> Objective:
+    """f-GAN (Nowozin et al. 2016) for one of `losses.F_DIVERGENCES`, with the non-saturating G loss."""
+    losses._f_divergence(divergence)  # validates the name now rather than at trace time
+    return _loss_objective(
+        lambda t: losses.f_divergence_discriminator_loss(t.real_outputs, t.fake_outputs, divergence),
+        lambda t: losses.f_divergence_generator_loss(t.fake_outputs, divergence))
+
+
+  # ----------------------------------------------------------------------------- penalties as D terms
+
+def gradient_penalty(target: float = 1.0, one_sided: bool = False, epsilon: float = 1e-10) -> Objective:
+    """WGAN-GP term on interpolates between real and fake; weight it with ``*`` (10 in the paper)."""
+    return Objective((Term("gradient_penalty", "d", lambda t: penalties.gradient_penalty(
+        t.d_fn, t.real, t.fake, t.key, target=target, one_sided=one_sided, epsilon=epsilon)),))
+
+
+def r1() -> Objective:
+    """R1 term E||grad D(real)||^2; Mescheder et al.'s gamma corresponds to the weight gamma / 2."""
+    return Objective((Term("r1", "d", lambda t: penalties.r1_penalty(t.d_fn, t.real)),))
+
+
+def r2() -> Objective:
+    """R2 term E||grad D(fake)||^2."""
+    return Objective((Term("r2", "d", lambda t: penalties.r2_penalty(t.d_fn, t.fake)),))
+
+
+def dragan(target: float = 1.0, perturbation: float = 0.5) -> Objective:
+    """DRAGAN term on perturbed real data (Kodali et al. 2017)."""
+    return Objective((Term("dragan", "d", lambda t: penalties.dragan_penalty(
+        t.d_fn, t.real, t.key, target=target, perturbation=perturbation)),))
+
+
+PENALTY_TERM_NAMES = ("gradient_penalty", "r1", "r2", "dragan")
+
+LOSSES: dict[str, Callable[[], Objective]] = {
+    "non_saturating": non_saturating,
+    "minimax": minimax,
+    "least_squares": least_squares,
+    "wasserstein": wasserstein,
+    "hinge": hinge,
+    "relativistic": relativistic,
+    **{name: (lambda name=name: f_gan(name)) for name in ("kl", "reverse_kl", "pearson", "hellinger", "js")},
+}
+
+PENALTIES: dict[str, Callable[[], Objective] | None] = {
+    "none": None,
+    "gradient_penalty": gradient_penalty,
+    "r1": r1,
+    "r2": r2,
+    "dragan": dragan,
+}
+
+
+def build(loss: str, penalty: str = "none", penalty_weight: float = 0.0, label_smoothing: float = 0.0) -> Objective:
+    """The objective named by ``--loss``/``--penalty``; the penalty weight is the hparam ``penalty_weight``."""
+    if loss not in LOSSES:
+        raise ValueError(f"--loss={loss!r} is not one of {sorted(LOSSES)}")
+    if penalty not in PENALTIES:
+        raise ValueError(f"--penalty={penalty!r} is not one of {sorted(PENALTIES)}")
+    if penalty_weight < 0:
+        raise ValueError(f"--penalty_weight must be >= 0, got {penalty_weight}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"--label_smoothing must be in [0, 1), got {label_smoothing}")
+    objective = LOSSES[loss]()
+    if "label_smoothing" in objective.hparams:
+        objective = dataclasses.replace(objective, hparams={**objective.hparams, "label_smoothing": label_smoothing})
+    elif label_smoothing:
+        raise ValueError(f"--label_smoothing applies to the JSD losses (non_saturating, minimax), not --loss={loss}")
+    if PENALTIES[penalty] is not None:
+        objective = objective + PENALTIES[penalty]().weighted_by("penalty_weight", penalty_weight)
+    return objective
