@@ -127,7 +127,7 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module, objective: O
             params = penalties.clip_weights(params, clip_weights)
         real_mean, fake_mean = jnp.mean(real_out), jnp.mean(fake_out)
         metrics = {**{f"d/{k}": v for k, v in values.items()}, "d/total": total,
-                   "d/grad_norm": optax.global_norm(grads), "d/real_output": real_mean,
+                   "d/grad_norm": optax.tree.norm(grads), "d/real_output": real_mean,
                    "d/fake_output": fake_mean, "wasserstein_estimate": real_mean - fake_mean}
         if scale is not None:
             metrics["instance_noise"] = scale
@@ -159,7 +159,7 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module, objective: O
         g_state = _pmean(g_state, axis_name)
         updates, opt_state = g_optimizer.update(grads, state.g.opt_state, state.g.params)
         params = optax.apply_updates(state.g.params, updates)
-        metrics = {**{f"g/{k}": v for k, v in values.items()}, "g/total": total, "g/grad_norm": optax.global_norm(grads)}
+        metrics = {**{f"g/{k}": v for k, v in values.items()}, "g/total": total, "g/grad_norm": optax.tree.norm(grads)}
         return PlayerState(params, g_state, opt_state), metrics
 
     def step(state: GANState, batch: dict) -> tuple[GANState, Metrics]:

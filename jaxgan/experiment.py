@@ -1,0 +1,225 @@
+"""An experiment: a plain config dataclass and the pieces it names (models, objective, optimizers, data).
+
+``launch/train.py`` turns absl flags into a `Config`; the library never reads flags. `validate` checks a
+config before anything is compiled or loaded and raises `ConfigError` naming the bad flag and what is
+accepted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxgan import objectives
+from jaxgan.data import toy
+
+
+class ConfigError(ValueError):
+    """A bad flag value or combination; the message names the flag and what is accepted."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  # data
+    dataset: str = "ring8"  # ring8, grid25, lines, digits, folder:PATH, or a TFDS image dataset name
+    mixture_modes: int = 0  # 0: the dataset's default (8 for ring8, 25 for grid25)
+    mixture_radius: float = 0.0  # 0: default (1.0)
+    mixture_std: float = 0.0  # 0: default (0.01 ring8, 0.05 grid25)
+    mixture_spacing: float = 0.0  # 0: default (2.0)
+    image_size: int = 32
+    channels: int = 1
+    data_dir: str = ""
+    # model
+    model: str = "mlp"
+    latent_dim: int = 0  # 0: the model's default
+    width: int = 0  # 0: the model's default (MLP hidden width, DCGAN ngf/ndf, ResNet ch)
+    depth: int = 3  # MLP hidden layers
+    d_normalization: str = ""  # "": the model's default; batch_norm, layer_norm, none
+    conditional: bool = False
+    attention_resolution: int = 0
+    # objective
+    loss: str = "non_saturating"
+    penalty: str = "none"
+    penalty_weight: float = 10.0
+    label_smoothing: float = 0.0
+    clip_weights: float = 0.0  # 0: off
+    instance_noise: float = 0.0  # 0: off
+    instance_noise_anneal_steps: int = 0  # 0: constant noise
+    # optimisation
+    optimizer: str = "adam"
+    g_lr: float = 2e-4
+    d_lr: float = 2e-4
+    b1: float = 0.5
+    b2: float = 0.999
+    lr_decay: str = "none"  # none | linear (to 0 at --steps)
+    n_critic: int = 1
+    batch_size: int = 64
+    steps: int = 10000
+    seed: int = 0
+    ema_decay: float = 0.0  # 0: no EMA
+    ema_start: int = 0
+    # bookkeeping
+    log_every: int = 100
+    sample_every: int = 0  # 0: only at the end
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    num_samples: int = 2500  # samples in the final 2D plot / mode metrics
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+    @property
+    def is_toy(self) -> bool:
+        return self.dataset in toy.TOY_DATASETS
+
+
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+LR_DECAYS = ("none", "linear")
+TOY_MODELS = ("mlp",)
+
+
+def validate(config: Config) -> None:
+    """Raises `ConfigError` for the first bad value, naming the flag and what is accepted."""
+    from jaxgan import models  # lazy: image models pull in more modules
+
+    def check(ok: bool, message: str):
+        if not ok:
+            raise ConfigError(message)
+
+    check(config.loss in objectives.LOSSES, f"--loss={config.loss!r} is not one of {sorted(objectives.LOSSES)}")
+    check(config.penalty in objectives.PENALTIES,
+          f"--penalty={config.penalty!r} is not one of {sorted(objectives.PENALTIES)}")
+    check(config.model in models.MODELS, f"--model={config.model!r} is not one of {sorted(models.MODELS)}")
+    if config.is_toy:
+        check(config.model in TOY_MODELS, f"--model={config.model} does not take 2D data ({config.dataset}); use "
+                                          f"--model=mlp")
+    else:
+        check(config.model not in TOY_MODELS,
+              f"--model=mlp is for the 2D datasets {toy.TOY_DATASETS}; for --dataset={config.dataset} use one of "
+              f"{sorted(set(models.MODELS) - set(TOY_MODELS))}")
+    for name in ("penalty_weight", "clip_weights", "instance_noise", "label_smoothing", "ema_decay",
+                 "mixture_radius", "mixture_std", "mixture_spacing"):
+        value = getattr(config, name)
+        check(math.isfinite(value) and value >= 0, f"--{name} must be a finite number >= 0, got {value}")
+    for name in ("g_lr", "d_lr"):
+        value = getattr(config, name)
+        check(math.isfinite(value) and value > 0, f"--{name} must be > 0, got {value}")
+    for name in ("b1", "b2"):
+        value = getattr(config, name)
+        check(0 <= value < 1, f"--{name} must be in [0, 1), got {value}")
+    check(config.label_smoothing < 1, f"--label_smoothing must be in [0, 1), got {config.label_smoothing}")
+    check(config.ema_decay < 1, f"--ema_decay must be in [0, 1), got {config.ema_decay}")
+    check(not config.label_smoothing or config.loss in ("non_saturating", "minimax"),
+          f"--label_smoothing applies to --loss=non_saturating or minimax, not {config.loss}")
+    for name in ("n_critic", "batch_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints",
+                 "num_samples", "depth"):
+        value = getattr(config, name)
+        check(value >= 1, f"--{name} must be >= 1, got {value}")
+    for name in ("latent_dim", "width", "sample_every", "ema_start", "instance_noise_anneal_steps",
+                 "mixture_modes", "attention_resolution"):
+        value = getattr(config, name)
+        check(value >= 0, f"--{name} must be >= 0, got {value}")
+    check(config.optimizer in OPTIMIZERS, f"--optimizer={config.optimizer!r} is not one of {OPTIMIZERS}")
+    check(config.lr_decay in LR_DECAYS, f"--lr_decay={config.lr_decay!r} is not one of {LR_DECAYS}")
+    check(config.penalty == "none" or config.penalty_weight > 0,
+          f"--penalty={config.penalty} needs --penalty_weight > 0, got {config.penalty_weight}")
+    check(not (config.clip_weights and config.penalty == "gradient_penalty"),
+          "--clip_weights and --penalty=gradient_penalty are alternatives (WGAN vs WGAN-GP); choose one")
+    if config.dataset == "grid25" and config.mixture_modes:
+        side = int(round(math.sqrt(config.mixture_modes)))
+        check(side * side == config.mixture_modes,
+              f"--mixture_modes for grid25 must be a square number, got {config.mixture_modes}")
+    if not config.is_toy:
+        models.validate_image_config(config)
+
+
+def make_optimizer(config: Config, learning_rate: float, b1: float | None = None) -> optax.GradientTransformation:
+    """The optimizer named by ``--optimizer`` with an injectable learning rate (for sweeps and rollback)."""
+    b1 = config.b1 if b1 is None else b1
+    if config.optimizer == "adam":
+        opt = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate, b1=b1, b2=config.b2)
+    elif config.optimizer == "rmsprop":
+        opt = optax.inject_hyperparams(optax.rmsprop)(learning_rate=learning_rate)
+    else:
+        opt = optax.inject_hyperparams(optax.sgd)(learning_rate=learning_rate)
+    if config.lr_decay == "linear":
+        opt = optax.chain(opt, optax.scale_by_schedule(optax.linear_schedule(1.0, 0.0, config.steps)))
+    return opt
+
+
+def build_objective(config: Config) -> objectives.Objective:
+    objective = objectives.build(config.loss, config.penalty, config.penalty_weight, config.label_smoothing)
+    if config.instance_noise:
+        objective = dataclasses.replace(objective, hparams={**objective.hparams, "instance_noise": config.instance_noise})
+    return objective
+
+
+def initial_hparams(config: Config, objective: objectives.Objective) -> dict[str, float]:
+    """The run-time hyperparameters of a run: the objective's, the learning rates and the EMA decay."""
+    hparams = dict(objective.hparams)
+    hparams.update(g_lr=config.g_lr, d_lr=config.d_lr)
+    if config.ema_decay:
+        hparams["ema_decay"] = config.ema_decay
+    return hparams
+
+
+def toy_mixture_options(config: Config) -> dict[str, Any]:
+    return dict(n_modes=config.mixture_modes or None, radius=config.mixture_radius or None,
+                std=config.mixture_std or None, spacing=config.mixture_spacing or None)
+
+
+@dataclasses.dataclass
+class Experiment:
+    """The pieces of a run built from a config."""
+    config: Config
+    generator: Any
+    discriminator: Any
+    objective: objectives.Objective
+    g_optimizer: optax.GradientTransformation
+    d_optimizer: optax.GradientTransformation
+    data_shape: tuple[int, ...]
+    num_classes: int
+    hparams: dict[str, float]
+    mixture: Any = None  # the GaussianMixture of 2D datasets (for mode metrics and plots)
+
+    def init(self, key: jax.Array, hparams: dict | None = None):
+        from jaxgan.state import init_gan_state
+        return init_gan_state(key, self.generator, self.discriminator, self.g_optimizer, self.d_optimizer,
+                              data_shape=self.data_shape, hparams=self.hparams if hparams is None else hparams,
+                              num_classes=self.num_classes)
+
+    def train_step(self, axis_name: str | None = None) -> Callable:
+        from jaxgan.step import make_train_step
+        c = self.config
+        return make_train_step(self.generator, self.discriminator, self.objective, self.g_optimizer, self.d_optimizer,
+                               n_critic=c.n_critic, ema_start=c.ema_start, clip_weights=c.clip_weights or None,
+                               instance_noise_anneal_steps=c.instance_noise_anneal_steps or None,
+                               num_classes=self.num_classes, axis_name=axis_name)
+
+
+def build(config: Config, *, num_classes: int | None = None, axis_name: str | None = None) -> Experiment:
+    """Builds models, objective and optimizers. ``num_classes`` comes from the dataset for image data."""
+    from jaxgan import models
+    validate(config)
+    objective = build_objective(config)
+    mixture = None
+    if config.is_toy:
+        _, mixture = toy.toy_sampler(config.dataset, **toy_mixture_options(config))
+        data_shape = (2,)
+        num_classes = 0
+    else:
+        data_shape = (config.image_size, config.image_size, config.channels)
+        num_classes = (num_classes or 0) if config.conditional else 0
+    generator, discriminator = models.build_models(config, data_shape, num_classes, axis_name=axis_name)
+    if objective.has_gradient_penalty and models.discriminator_uses_batch_norm(discriminator):
+        raise ConfigError(f"--penalty={config.penalty} needs per-example gradients, but the {config.model} "
+                          f"discriminator uses BatchNorm, which couples the examples of a batch; set "
+                          f"--d_normalization=layer_norm or none")
+    return Experiment(config, generator, discriminator, objective, make_optimizer(config, config.g_lr),
+                      make_optimizer(config, config.d_lr), data_shape, num_classes, initial_hparams(config, objective),
+                      mixture)

@@ -1,0 +1,355 @@
+"""Drop-in ``Conv`` / ``ConvTranspose`` with fast CPU formulations.
+
+Same parameters as ``flax.linen.Conv`` / ``flax.linen.ConvTranspose`` (``kernel`` [kh, kw, in, out], optional
+``bias``, same initialisers and shapes), same outputs and gradients (to float32 rounding). Only *how* the
+convolution is computed differs, chosen by the field ``implementation``:
+
+* ``"xla"``   -- plain ``lax.conv_general_dilated`` (exactly what flax does).
+* ``"phase"`` -- stride-s conv as space-to-depth + one stride-1 conv; stride-s transposed conv as s*s
+  sub-pixel ("phase") stride-1 convs + depth-to-space. Gradients by autodiff (stride-1 convs only).
+* ``"gemm"``  -- im2col + one ``dot_general`` (conv), or one ``dot_general`` + col2im, its exact adjoint
+  (transposed conv). Gradients by autodiff (GEMMs + pads/slices).
+* ``"F/D/W"`` -- e.g. ``"xla/phase/gemm"``: a ``jax.custom_vjp`` that computes the forward with F, the
+  input gradient (dgrad) with the linear transpose of D and the weight gradient (wgrad) with that of W.
+* ``"auto"``  -- ``"xla"`` on gpu/tpu (``jax.default_backend()``); on cpu the per-pass rule below.
+
+Fast paths cover 2-D NHWC convolutions with ``feature_group_count=1`` and no input/kernel dilation (any
+stride, kernel size and padding); anything else silently uses ``"xla"`` (correct, maybe slow).
+Caveat: the ``custom_vjp`` ("F/D/W" with mixed names, so "auto" on cpu) supports reverse mode, also
+reverse-over-reverse (gradient penalties), but not forward mode (``jax.jvp``); use a single name there.
+
+Why: XLA:CPU lowers the weight gradient of a transposed convolution (and to a lesser degree the input
+gradient of a strided conv) to convolutions its Eigen path does not take; they run at 4-5 GFLOP/s
+(see shared/notes/cpu-performance.md).
+
+Measurements (``python benchmarks/conv_layers.py``; DCGAN 64x64x3, batch 64; 2-core Zen 5 VM shared with
+other jobs, so noisy: median ms of 5 runs, re-run twice, a pass is only chosen if clearly faster):
+
+    TABLE_PLACEHOLDER
+
+Auto rule on cpu (per pass; "G" = ConvTranspose, "D" = Conv)::
+
+    RULE_PLACEHOLDER
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from flax.linen.dtypes import promote_dtype
+from jax import lax
+
+_DN = ("NHWC", "HWIO", "NHWC")
+Pads = tuple[tuple[int, int], ...]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Formulations. All take x [N,H,W,C], w [kh,kw,C,O] and static (strides, pads, precision).
+# Conv:           y[o] = sum_k xpad[s*o + k] w[k]                       (pads applied to x)
+# ConvTranspose:  y[o] = sum_k xdil[o + k - lo] w[k], xdil[s*i] = x[i]  (lax.conv_transpose, no kernel flip)
+# --------------------------------------------------------------------------------------------------------
+def _pad(x, pads):  # spatial pads (may be negative = crop)
+  return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)))
+
+
+def conv_xla(x, w, s, pads, precision=None):
+  return lax.conv_general_dilated(x, w, s, pads, dimension_numbers=_DN, precision=precision)
+
+
+def conv_phase(x, w, s, pads, precision=None):
+  """Space-to-depth: a stride-s conv with kernel k is a stride-1 conv with kernel ceil(k/s) on s*s*C channels."""
+  if tuple(s) == (1, 1):
+    return conv_xla(x, w, s, pads, precision)
+  (sh, sw), (kh, kw, c, o) = s, w.shape
+  (ph, pw) = (-(-kh // sh), -(-kw // sw))
+  ho = (x.shape[1] + sum(pads[0]) - kh) // sh + 1
+  wo = (x.shape[2] + sum(pads[1]) - kw) // sw + 1
+  hs, ws = ho + ph - 1, wo + pw - 1  # space-to-depth extent: rows s*hs, cols s*ws of the padded input
+  x = _pad(x, ((pads[0][0], sh * hs - x.shape[1] - pads[0][0]), (pads[1][0], sw * ws - x.shape[2] - pads[1][0])))
+  n = x.shape[0]
+  x = x.reshape(n, hs, sh, ws, sw, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, hs, ws, sh * sw * c)
+  w = jnp.pad(w, ((0, ph * sh - kh), (0, pw * sw - kw), (0, 0), (0, 0)))
+  w = w.reshape(ph, sh, pw, sw, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(ph, pw, sh * sw * c, o)
+  return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=_DN, precision=precision)
+
+
+def _im2col(x, k, s, pads):
+  """Patches [N, Ho, Wo, kh*kw*C] (tap-major, channel-minor: matches w.reshape(kh*kw*C, O))."""
+  x = _pad(x, pads)
+  ho, wo = (x.shape[1] - k[0]) // s[0] + 1, (x.shape[2] - k[1]) // s[1] + 1
+  taps = [x[:, i:i + s[0] * (ho - 1) + 1:s[0], j:j + s[1] * (wo - 1) + 1:s[1], :]
+          for i in range(k[0]) for j in range(k[1])]
+  return jnp.concatenate(taps, axis=-1)
+
+
+def conv_gemm(x, w, s, pads, precision=None):
+  cols = _im2col(x, w.shape[:2], s, pads)
+  return lax.dot_general(cols, w.reshape(-1, w.shape[-1]), (((3,), (0,)), ((), ())), precision=precision)
+
+
+def _convt_out(x, w, s, pads):
+  return [(x.shape[1 + d] - 1) * s[d] + 1 + sum(pads[d]) - w.shape[d] + 1 for d in (0, 1)]
+
+
+def convt_xla(x, w, s, pads, precision=None):
+  return lax.conv_general_dilated(x, w, (1, 1), pads, lhs_dilation=s, dimension_numbers=_DN,
+                                  precision=precision)
+
+
+def _interleave(phases, s, out):
+  """Depth-to-space: y[s*q + r] = phases[rh][rw][q]; phases may be one row shorter; crop to `out`."""
+  qh, qw = -(-out[0] // s[0]), -(-out[1] // s[1])
+  rows = [jnp.stack([_pad(p, ((0, qh - p.shape[1]), (0, qw - p.shape[2]))) for p in row], axis=3)
+          for row in phases]
+  y = jnp.stack(rows, axis=2)  # [N, qh, sh, qw, sw, O]
+  y = y.reshape(y.shape[0], qh * s[0], qw * s[1], y.shape[-1])
+  return y[:, :out[0], :out[1]]
+
+
+def convt_phase(x, w, s, pads, precision=None):
+  """Sub-pixel: output phase r of a stride-s transposed conv is a stride-1 conv with taps w[k0_r::s]."""
+  if tuple(s) == (1, 1):
+    return convt_xla(x, w, s, pads, precision)
+  out = _convt_out(x, w, s, pads)
+  phases = []
+  for rh in range(s[0]):
+    row = []
+    for rw in range(s[1]):
+      k0, q, d, t = [], [], [], []
+      for dim, r in enumerate((rh, rw)):
+        k0.append((pads[dim][0] - r) % s[dim])             # first tap of this phase
+        q.append(-(-(out[dim] - r) // s[dim]))             # outputs in this phase
+        d.append((r + k0[-1] - pads[dim][0]) // s[dim])    # input offset of the first tap
+        t.append(len(range(k0[-1], w.shape[dim], s[dim])))  # taps in this phase
+      if min(t) == 0 or min(q) <= 0:
+        row.append(jnp.zeros((x.shape[0], max(q[0], 0), max(q[1], 0), w.shape[-1]), x.dtype))
+        continue
+      xr = _pad(x, [(-d[i], q[i] + t[i] - 1 - x.shape[1 + i] + d[i]) for i in (0, 1)])
+      wr = w[k0[0]::s[0], k0[1]::s[1]]
+      row.append(lax.conv_general_dilated(xr, wr, (1, 1), "VALID", dimension_numbers=_DN,
+                                          precision=precision))
+    phases.append(row)
+  return _interleave(phases, s, out)
+
+
+def convt_gemm(x, w, s, pads, precision=None):
+  """cols = x @ w[in, kh*kw*out]; col2im: tap k of input i lands on output s*i + lo - k."""
+  kh, kw, c, o = w.shape
+  out = _convt_out(x, w, s, pads)
+  cols = lax.dot_general(x, w.transpose(2, 0, 1, 3).reshape(c, -1), (((3,), (0,)), ((), ())),
+                         precision=precision).reshape(*x.shape[:3], kh, kw, o)
+  zero = jnp.zeros((), x.dtype)
+  y = None
+  for i in range(kh):
+    for j in range(kw):
+      lo = (pads[0][0] - i, pads[1][0] - j)
+      cfg = [(0, 0, 0)] + [(lo[dd], out[dd] - (x.shape[1 + dd] - 1) * s[dd] - 1 - lo[dd], s[dd] - 1)
+                           for dd in (0, 1)] + [(0, 0, 0)]
+      tap = lax.pad(cols[:, :, :, i, j], zero, cfg)
+      y = tap if y is None else y + tap
+  return y
+
+
+def convt_wgrad_corr(x, g, w_shape, s, pads, precision=None):
+  """Weight gradient of a transposed conv as the weight gradient of a *strided* conv (a kind XLA:CPU runs
+  fast): dW[K-1-k, c, o] = sum_i x[i, c] gpad[s*i + k, o], i.e. the stride-s conv of g (kernel [K, K, O, C],
+  low padding K-1-lo) back-propagated to its kernel with cotangent x."""
+  kh, kw, c, o = w_shape
+  lo = [kh - 1 - pads[0][0], kw - 1 - pads[1][0]]
+  hi = [s[d] * (x.shape[1 + d] - 1) + w_shape[d] - g.shape[1 + d] - lo[d] for d in (0, 1)]
+  gp = _pad(g, ((lo[0], hi[0]), (lo[1], hi[1])))
+  (dv,) = jax.linear_transpose(lambda v: conv_xla(gp, v, s, ((0, 0), (0, 0)), precision),
+                               jax.ShapeDtypeStruct((kh, kw, o, c), x.dtype))(x)
+  return jnp.flip(dv, (0, 1)).swapaxes(2, 3)
+
+
+_FORMS = {"conv": {"xla": conv_xla, "phase": conv_phase, "gemm": conv_gemm},
+          "convt": {"xla": convt_xla, "phase": convt_phase, "gemm": convt_gemm}}
+_EXTRA_WGRAD = {"convt": {"corr": convt_wgrad_corr}}
+
+
+def _mixed(kind, fwd, dgrad, wgrad, s, pads, precision):
+  """custom_vjp: forward by `fwd`, input/weight gradients by the linear transposes of `dgrad`/`wgrad`
+  (or by a dedicated weight-gradient function, see _EXTRA_WGRAD)."""
+  f, fd = (functools.partial(_FORMS[kind][n], s=s, pads=pads, precision=precision) for n in (fwd, dgrad))
+
+  @jax.custom_vjp
+  def op(x, w):
+    return f(x, w)
+
+  def op_fwd(x, w):
+    return f(x, w), (x, w)
+
+  def op_bwd(res, g):
+    x, w = res
+    (dx,) = jax.linear_transpose(lambda x_: fd(x_, w), x)(g)
+    if wgrad in _EXTRA_WGRAD.get(kind, {}):
+      dw = _EXTRA_WGRAD[kind][wgrad](x, g, w.shape, s, pads, precision)
+    else:
+      fw = functools.partial(_FORMS[kind][wgrad], s=s, pads=pads, precision=precision)
+      (dw,) = jax.linear_transpose(lambda w_: fw(x, w_), w)(g)
+    return dx, dw
+
+  op.defvjp(op_fwd, op_bwd)
+  return op
+
+
+# --------------------------------------------------------------------------------------------------------
+# The "auto" rule (cpu). Keys: (kind, stride, kernel, in_features, out_features) match on the layer; the
+# first matching predicate wins. Derived from the table in the module docstring.
+# --------------------------------------------------------------------------------------------------------
+def _auto_cpu(kind, s, k, cin, cout, hw):
+  del k, cin, cout, hw, s
+  return "xla/xla/xla" if kind == "conv" else "phase/phase/phase"
+
+
+def _resolve(impl, kind, s, k, cin, cout, hw):
+  if impl == "auto":
+    impl = "xla" if jax.default_backend() != "cpu" else _auto_cpu(kind, s, k, cin, cout, hw)
+  names = impl.split("/") if "/" in impl else [impl] * 3
+  if (len(names) != 3 or any(n not in _FORMS[kind] for n in names[:2])
+      or names[2] not in {**_FORMS[kind], **_EXTRA_WGRAD.get(kind, {})}):
+    raise ValueError(f"implementation={impl!r}; accepted: 'auto', 'xla', 'phase', 'gemm', or 'F/D/W' "
+                     "with F, D, W each one of those three (W may also be 'corr' for ConvTranspose).")
+  return names
+
+
+def _apply(kind, impl, x, w, s, pads, precision):
+  fwd, dgrad, wgrad = _resolve(impl, kind, s, w.shape[:2], w.shape[2], w.shape[3], x.shape[1:3])
+  if fwd == dgrad == wgrad:
+    return _FORMS[kind][fwd](x, w, s, pads, precision)
+  return _mixed(kind, fwd, dgrad, wgrad, s, pads, precision)(x, w)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------------------------
+def _tuple(v, n):
+  return (1,) * n if v is None else (v,) * n if isinstance(v, int) else tuple(v)
+
+
+def _explicit_pads(padding, n):
+  """Flax padding -> 'SAME'/'VALID' or ((lo, hi),) * n; raises for flax's CIRCULAR/REFLECT/CAUSAL."""
+  pad = nn.linear.canonicalize_padding(padding, n)
+  if isinstance(pad, str) and pad not in ("SAME", "VALID"):
+    raise NotImplementedError(f"padding={padding!r} is not supported by jaxgan layers; "
+                              "use flax.linen.Conv/ConvTranspose.")
+  return pad
+
+
+def _flatten_batch(x, n_spatial):
+  batch = x.shape[:x.ndim - n_spatial - 1]
+  return x.reshape((-1,) + x.shape[len(batch):]), batch
+
+
+class Conv(nn.Module):
+  """``flax.linen.Conv`` (same fields and params) plus ``implementation``; see the module docstring."""
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: None | int | Sequence[int] = 1
+  padding: Any = "SAME"
+  input_dilation: None | int | Sequence[int] = 1
+  kernel_dilation: None | int | Sequence[int] = 1
+  feature_group_count: int = 1
+  use_bias: bool = True
+  mask: Any = None
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+  implementation: str = "auto"
+
+  @nn.compact
+  def __call__(self, inputs):
+    ks = (self.kernel_size,) if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
+    nd = len(ks)
+    x, batch = _flatten_batch(inputs, nd)
+    strides, in_dil, k_dil = (_tuple(v, nd) for v in (self.strides, self.input_dilation, self.kernel_dilation))
+    cin = x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, ks + (cin // self.feature_group_count, self.features),
+                        self.param_dtype)
+    if self.mask is not None:
+      kernel = kernel * self.mask
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+    x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+    pad = _explicit_pads(self.padding, nd)
+    fast = nd == 2 and self.feature_group_count == 1 and set(in_dil + k_dil) == {1}
+    if fast:
+      pads = lax.padtype_to_pads(x.shape[1:3], ks, strides, pad) if isinstance(pad, str) else pad
+      y = _apply("conv", self.implementation, x, kernel, strides, tuple(map(tuple, pads)), self.precision)
+    else:
+      dn = lax.conv_dimension_numbers(x.shape, kernel.shape, _dn(nd))
+      y = lax.conv_general_dilated(x, kernel, strides, pad, lhs_dilation=in_dil, rhs_dilation=k_dil,
+                                   dimension_numbers=dn, feature_group_count=self.feature_group_count,
+                                   precision=self.precision)
+    if bias is not None:
+      y = y + bias
+    return y.reshape(batch + y.shape[1:])
+
+
+def _dn(nd):
+  sp = "HWD"[:nd] if nd <= 3 else None
+  return ("N" + sp + "C", sp + "IO", "N" + sp + "C")
+
+
+def _convt_pads(k, s, padding):
+  """lax.conv_transpose's padding for 'SAME'/'VALID' (jax._src.lax.convolution._conv_transpose_padding)."""
+  if padding == "SAME":
+    pad_len, pad_a = k + s - 2, (k - 1 if s > k - 1 else int(np.ceil((k + s - 2) / 2)))
+  else:  # VALID
+    pad_len, pad_a = k + s - 2 + max(k - s, 0), k - 1
+  return pad_a, pad_len - pad_a
+
+
+class ConvTranspose(nn.Module):
+  """``flax.linen.ConvTranspose`` (same fields and params) plus ``implementation``; see the module docstring."""
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: None | Sequence[int] = None
+  padding: Any = "SAME"
+  kernel_dilation: None | Sequence[int] = None
+  use_bias: bool = True
+  mask: Any = None
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+  transpose_kernel: bool = False
+  implementation: str = "auto"
+
+  @nn.compact
+  def __call__(self, inputs):
+    ks = (self.kernel_size,) if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
+    nd = len(ks)
+    x, batch = _flatten_batch(inputs, nd)
+    strides, k_dil = _tuple(self.strides, nd), _tuple(self.kernel_dilation, nd)
+    cin = x.shape[-1]
+    shape = ks + ((self.features, cin) if self.transpose_kernel else (cin, self.features))
+    kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+    if self.mask is not None:
+      kernel = kernel * self.mask
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+    x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+    pad = _explicit_pads(self.padding, nd)
+    if nd == 2 and set(k_dil) == {1}:
+      if self.transpose_kernel:  # what lax.conv_transpose does: flip spatially, swap in/out
+        kernel = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+      pads = (tuple(_convt_pads(k, s, pad) for k, s in zip(ks, strides)) if isinstance(pad, str)
+              else tuple(map(tuple, pad)))
+      y = _apply("convt", self.implementation, x, kernel, strides, pads, self.precision)
+    else:
+      y = lax.conv_transpose(x, kernel, strides, pad, rhs_dilation=k_dil, dimension_numbers=_dn(nd),
+                             transpose_kernel=self.transpose_kernel, precision=self.precision)
+    if bias is not None:
+      y = y + bias
+    return y.reshape(batch + y.shape[1:])
+
+
+__all__ = ["Conv", "ConvTranspose", "conv_xla", "conv_phase", "conv_gemm", "convt_xla", "convt_phase",
+           "convt_gemm"]

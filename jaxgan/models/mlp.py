@@ -1,0 +1,42 @@
+"""MLP generator and discriminator for vector data (2D mixtures, parallel lines)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class MLPGenerator(nn.Module):
+    """z [B, latent_dim] -> x [B, output_dim]; ReLU hidden layers, linear output (data are not bounded)."""
+    latent_dim: int = 2
+    output_dim: int = 2
+    hidden: Sequence[int] = (128, 128, 128)
+    num_classes: int = 0
+
+    @nn.compact
+    def __call__(self, z, labels=None, *, train: bool):
+        del train
+        h = z
+        if self.num_classes:
+            h = jnp.concatenate([h, jax.nn.one_hot(labels, self.num_classes)], axis=-1)
+        for width in self.hidden:
+            h = nn.relu(nn.Dense(width)(h))
+        return nn.Dense(self.output_dim)(h)
+
+
+class MLPDiscriminator(nn.Module):
+    """x [B, D] -> logits [B]; LeakyReLU(0.2) hidden layers, no normalisation (safe with gradient penalties)."""
+    hidden: Sequence[int] = (128, 128, 128)
+    num_classes: int = 0
+
+    @nn.compact
+    def __call__(self, x, labels=None, *, train: bool):
+        del train
+        h = x.reshape(x.shape[0], -1)
+        if self.num_classes:
+            h = jnp.concatenate([h, jax.nn.one_hot(labels, self.num_classes)], axis=-1)
+        for width in self.hidden:
+            h = nn.leaky_relu(nn.Dense(width)(h), 0.2)
+        return nn.Dense(1)(h)[:, 0]

@@ -1,0 +1,82 @@
+"""Shared launcher plumbing: Config flags from the dataclass, the compile cache, one-line errors."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Callable
+
+from absl import flags
+
+HELP = {
+    "dataset": "ring8, grid25, lines (2D); digits, folder:PATH, or a TFDS image dataset (mnist, cifar10, ...)",
+    "mixture_modes": "modes of ring8/grid25 (0: 8 / 25)",
+    "mixture_radius": "ring radius (0: 1.0)",
+    "mixture_std": "std of each mode (0: 0.01 ring8, 0.05 grid25)",
+    "mixture_spacing": "grid spacing (0: 2.0)",
+    "image_size": "image height = width", "channels": "image channels (1 or 3)",
+    "data_dir": "TFDS data directory (datasets prepared with `tfds build`)",
+    "model": "mlp (2D data), dcgan, sngan, sagan", "latent_dim": "size of z (0: the model's default)",
+    "width": "MLP hidden width / DCGAN ngf=ndf / ResNet ch (0: default)", "depth": "MLP hidden layers",
+    "d_normalization": "DCGAN D normalisation: batch_norm (default), layer_norm, none (WGAN-GP critic)",
+    "conditional": "class-conditional G and D (labelled datasets)",
+    "attention_resolution": "SAGAN self-attention resolution (0: default)",
+    "loss": "non_saturating, minimax, least_squares, wasserstein, hinge, relativistic, kl, reverse_kl, pearson, "
+            "hellinger, js",
+    "penalty": "none, gradient_penalty, r1, r2, dragan", "penalty_weight": "weight of --penalty",
+    "label_smoothing": "one-sided label smoothing of the real labels (JSD losses)",
+    "clip_weights": "clip D's weights to [-c, c] after each update (original WGAN; 0: off)",
+    "instance_noise": "std of Gaussian noise added to D's inputs (0: off)",
+    "instance_noise_anneal_steps": "anneal the instance noise linearly to 0 over this many steps (0: constant)",
+    "optimizer": "adam, rmsprop, sgd", "g_lr": "generator learning rate", "d_lr": "discriminator learning rate",
+    "b1": "Adam beta1", "b2": "Adam beta2", "lr_decay": "none, linear (to 0 at --steps)",
+    "n_critic": "D updates per G update", "batch_size": "global batch size (per D update)",
+    "steps": "G updates to train for", "seed": "seed of init, latents and data order",
+    "ema_decay": "EMA decay of G's weights (0: off)", "ema_start": "step at which the EMA starts",
+    "log_every": "steps between metric lines", "sample_every": "steps between sample pictures (0: only at the end)",
+    "checkpoint_every": "steps between checkpoints", "keep_checkpoints": "checkpoints to keep",
+    "num_samples": "samples for the final 2D plot and mode metrics",
+}
+
+
+def define_config_flags(config_cls) -> None:
+    """One absl flag per field of the config dataclass, with its default."""
+    for field in dataclasses.fields(config_cls):
+        default, help_text = field.default, HELP.get(field.name, field.name)
+        if field.type in ("bool", bool):
+            flags.DEFINE_bool(field.name, default, help_text)
+        elif field.type in ("int", int):
+            flags.DEFINE_integer(field.name, default, help_text)
+        elif field.type in ("float", float):
+            flags.DEFINE_float(field.name, default, help_text)
+        else:
+            flags.DEFINE_string(field.name, default, help_text)
+
+
+def config_from_flags(config_cls):
+    values = {f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(config_cls)}
+    return config_cls(**values)
+
+
+def enable_compile_cache(directory: str) -> None:
+    """JAX's persistent compilation cache: a second run of the same program skips compilation."""
+    if not directory:
+        return
+    import jax
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def run_with_clean_errors(main: Callable[[], int | None], user_errors: tuple[type[BaseException], ...],
+                          exit_codes: dict[type[BaseException], int] | None = None) -> int:
+    """Runs ``main``; a user error becomes one line on stderr and an exit code, not a traceback."""
+    exit_codes = exit_codes or {}
+    try:
+        return main() or 0
+    except user_errors as e:
+        message = " ".join(str(e).split())
+        print(f"error: {message}", file=sys.stderr)
+        for cls, code in exit_codes.items():
+            if isinstance(e, cls):
+                return code
+        return 2

@@ -1,0 +1,151 @@
+"""The train step: purity, determinism, vmap equivalence, n_critic, EMA, clipping, composition, errors."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxgan import experiment, objectives
+from jaxgan.experiment import Config
+from jaxgan.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from jaxgan.state import get_learning_rate, init_gan_state
+from jaxgan.step import make_train_step
+
+SMALL = Config(dataset="ring8", width=32, depth=2, batch_size=32)
+
+
+def build(**overrides):
+    exp = experiment.build(dataclasses.replace(SMALL, **overrides))
+    return exp, jax.jit(exp.train_step())
+
+
+def ring_batch(key, n_critic=1, batch=32):
+    return {"x": jax.random.normal(key, (n_critic, batch, 2))}
+
+
+def leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_same_state_and_batch_give_bit_identical_results():
+    exp, step = build()
+    state = exp.init(jax.random.key(0))
+    batch = ring_batch(jax.random.key(1))
+    out1, m1 = step(state, batch)
+    out2, m2 = step(state, batch)
+    for a, b in zip(leaves((out1.g, out1.d, out1.g_ema_params, m1)), leaves((out2.g, out2.d, out2.g_ema_params, m2))):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(leaves(out1.g.params)[0], leaves(state.g.params)[0])  # it did train
+    # the key advanced: a second step from the output differs from the first step
+    out3, _ = step(out1, batch)
+    assert not np.array_equal(leaves(out3.g.params)[0], leaves(out1.g.params)[0])
+
+
+def test_vmapped_step_over_seeds_equals_separate_steps():
+    exp, step = build(loss="wasserstein", penalty="gradient_penalty", n_critic=2)
+    keys = jax.random.split(jax.random.key(0), 4)
+    batches = jax.vmap(lambda k: ring_batch(k, n_critic=2))(jax.random.split(jax.random.key(1), 4))
+    stacked = jax.vmap(exp.init)(keys)
+    vstep = jax.jit(jax.vmap(exp.train_step()))
+    for _ in range(3):
+        stacked, vmetrics = vstep(stacked, batches)
+    for i in range(4):
+        state = exp.init(keys[i])
+        batch = jax.tree.map(lambda x: x[i], batches)
+        for _ in range(3):
+            state, metrics = step(state, batch)
+        for a, b in zip(leaves(state.g.params), leaves(jax.tree.map(lambda x: x[i], stacked.g.params))):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(metrics["d/total"], vmetrics["d/total"][i], rtol=1e-4, atol=1e-6)
+    # different seeds give different runs
+    assert not np.allclose(leaves(stacked.g.params)[0][0], leaves(stacked.g.params)[0][1])
+
+
+def test_n_critic_updates_d_n_times_and_g_once():
+    exp, step = build(n_critic=3)
+    state = exp.init(jax.random.key(0))
+    state, _ = step(state, ring_batch(jax.random.key(1), n_critic=3))
+    d_count = state.d.opt_state.inner_state[0].count
+    g_count = state.g.opt_state.inner_state[0].count
+    assert int(d_count) == 3 and int(g_count) == 1
+    with pytest.raises(ValueError, match="n_critic=3"):
+        step(state, ring_batch(jax.random.key(1), n_critic=1))
+
+
+def test_objective_terms_are_reported_and_summed_with_weights():
+    exp, step = build(loss="wasserstein", penalty="gradient_penalty", penalty_weight=7.0)
+    _, m = step(exp.init(jax.random.key(0)), ring_batch(jax.random.key(1)))
+    np.testing.assert_allclose(m["d/total"], m["d/loss"] + 7.0 * m["d/gradient_penalty"], rtol=1e-5)
+    np.testing.assert_allclose(m["wasserstein_estimate"], m["d/real_output"] - m["d/fake_output"], rtol=1e-5)
+    np.testing.assert_allclose(m["d/loss"], -m["wasserstein_estimate"], rtol=1e-5)
+    assert float(m["finite"]) == 1.0
+
+
+def test_penalty_weight_is_a_run_time_hyperparameter():
+    exp, step = build(loss="wasserstein", penalty="r1", penalty_weight=1.0)
+    state = exp.init(jax.random.key(0))
+    batch = ring_batch(jax.random.key(1))
+    _, m1 = step(state, batch)
+    state5 = state.replace(hparams={**state.hparams, "penalty_weight": jnp.float32(5.0)})
+    _, m5 = step(state5, batch)  # same compiled program, other weight
+    np.testing.assert_allclose(m5["d/total"] - m5["d/loss"], 5 * (m1["d/total"] - m1["d/loss"]), rtol=1e-5)
+
+
+def test_ema_of_generator_weights():
+    exp, step = build(ema_decay=0.9, ema_start=1)
+    s0 = exp.init(jax.random.key(0))
+    s1, _ = step(s0, ring_batch(jax.random.key(1)))  # step 0 < ema_start: the EMA is the weights
+    for e, p in zip(leaves(s1.g_ema_params), leaves(s1.g.params)):
+        np.testing.assert_array_equal(e, p)
+    s2, _ = step(s1, ring_batch(jax.random.key(2)))
+    for e, e_prev, p in zip(leaves(s2.g_ema_params), leaves(s1.g_ema_params), leaves(s2.g.params)):
+        np.testing.assert_allclose(e, 0.9 * e_prev + 0.1 * p, rtol=1e-5, atol=1e-7)
+
+
+def test_weight_clipping_bounds_every_d_parameter():
+    exp, step = build(loss="wasserstein", clip_weights=0.01, optimizer="rmsprop", d_lr=0.5)
+    state, _ = step(exp.init(jax.random.key(0)), ring_batch(jax.random.key(1)))
+    assert max(np.abs(p).max() for p in leaves(state.d.params)) <= 0.01 + 1e-9
+
+
+def test_instance_noise_is_annealed_linearly():
+    exp, step = build(instance_noise=0.5, instance_noise_anneal_steps=10)
+    state = exp.init(jax.random.key(0))
+    seen = []
+    for i in range(3):
+        state, m = step(state, ring_batch(jax.random.key(i)))
+        seen.append(float(m["instance_noise"]))
+    np.testing.assert_allclose(seen, [0.5, 0.45, 0.4], rtol=1e-6)
+
+
+def test_ttur_learning_rates_live_in_the_optimizer_states():
+    exp, _ = build(g_lr=1e-4, d_lr=4e-4)
+    state = exp.init(jax.random.key(0))
+    np.testing.assert_allclose(get_learning_rate(state.g.opt_state), 1e-4, rtol=1e-6)
+    np.testing.assert_allclose(get_learning_rate(state.d.opt_state), 4e-4, rtol=1e-6)
+
+
+def test_gradient_penalty_with_batch_norm_in_d_is_refused():
+    g = DCGANGenerator(latent_dim=8, image_size=32, channels=1, ngf=8)
+    d = DCGANDiscriminator(image_size=32, channels=1, ndf=8, normalization="batch_norm")
+    opt = optax.adam(1e-4)
+    objective = objectives.wasserstein() + 10.0 * objectives.gradient_penalty()
+    state = init_gan_state(jax.random.key(0), g, d, opt, opt, data_shape=(32, 32, 1))
+    step = make_train_step(g, d, objective, opt, opt)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        step(state, {"x": jnp.zeros((1, 4, 32, 32, 1))})
+    with pytest.raises(experiment.ConfigError, match="BatchNorm"):
+        experiment.build(Config(dataset="digits", model="dcgan", image_size=32, loss="wasserstein",
+                                penalty="gradient_penalty"))
+
+
+def test_image_gan_step_with_batch_norm_runs_separate_d_calls_and_updates_stats():
+    exp = experiment.build(Config(dataset="digits", model="dcgan", image_size=32, width=8, batch_size=4))
+    state = exp.init(jax.random.key(0))
+    new, m = jax.jit(exp.train_step())(state, {"x": jax.random.uniform(jax.random.key(1), (1, 4, 32, 32, 1),
+                                                                       minval=-1, maxval=1)})
+    assert float(m["finite"]) == 1.0
+    changed = [not np.array_equal(a, b) for a, b in zip(leaves(new.d.model_state), leaves(state.d.model_state))]
+    assert all(changed)  # running statistics of every D BatchNorm moved
