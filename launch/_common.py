@@ -36,6 +36,10 @@ HELP = {
     "log_every": "steps between metric lines", "sample_every": "steps between sample pictures (0: only at the end)",
     "checkpoint_every": "steps between checkpoints", "keep_checkpoints": "checkpoints to keep",
     "num_samples": "samples for the final 2D plot and mode metrics",
+    "on_nan": "what a NaN/Inf loss or parameter does: stop (exit code 3), skip (drop that update), rollback "
+              "(restore the last good checkpoint with lower learning rates)",
+    "nan_lr_factor": "--on_nan=rollback multiplies the learning rates by this (0 < f < 1)",
+    "max_rollbacks": "--on_nan=rollback stops after this many rollbacks",
 }
 
 
@@ -67,6 +71,16 @@ def enable_compile_cache(directory: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def parse_flags_one_line(argv: list[str]) -> list[str]:
+    """absl ``flags_parser`` for ``app.run``: a bad flag is one ``error:`` line on stderr and exit code 2."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        message = " ".join(str(e).split())
+        print(f"error: {message} (--helpfull lists the flags)", file=sys.stderr)
+        sys.exit(2)
+
+
 def run_with_clean_errors(main: Callable[[], int | None], user_errors: tuple[type[BaseException], ...],
                           exit_codes: dict[type[BaseException], int] | None = None) -> int:
     """Runs ``main``; a user error becomes one line on stderr and an exit code, not a traceback."""
@@ -80,3 +94,29 @@ def run_with_clean_errors(main: Callable[[], int | None], user_errors: tuple[typ
             if isinstance(e, cls):
                 return code
         return 2
+
+
+def read_flagfile(path, config_cls) -> dict:
+    """The config fields set by an absl flagfile (``--name=value``, ``--flag``, ``--noflag``, # comments)."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    values = {}
+    with open(path) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            name, _, value = line.lstrip("-").partition("=")
+            if name.startswith("no") and name[2:] in fields and not value:
+                name, value = name[2:], "false"
+            if name not in fields:
+                raise ValueError(f"{path}: unknown flag --{name}")
+            kind = fields[name].type
+            if kind in ("bool", bool):
+                values[name] = value.lower() not in ("false", "0") if value else True
+            elif kind in ("int", int):
+                values[name] = int(value)
+            elif kind in ("float", float):
+                values[name] = float(value)
+            else:
+                values[name] = value
+    return values
