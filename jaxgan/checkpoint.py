@@ -14,6 +14,16 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def _with_sharding(leaf):
+    """A leaf without a sharding restores onto one local device, whatever mesh wrote the checkpoint (orbax would
+    otherwise try the writer's topology and fail on another device count)."""
+    leaf = ocp.utils.to_shape_dtype_struct(leaf)
+    if isinstance(leaf, jax.ShapeDtypeStruct) and getattr(leaf, "sharding", None) is None:
+        leaf = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                    sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+    return leaf
+
+
 class Checkpointer:
     """Saves every ``save_every`` steps (and on demand), keeps the newest ``keep``.
 
@@ -35,6 +45,10 @@ class Checkpointer:
         return self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                                 data=ocp.args.JsonSave(data_state)), force=force)
 
+    def should_save(self, step: int) -> bool:
+        """Whether `save` (without ``force``) would write ``step`` (interval, first save, or preemption)."""
+        return self._manager.should_save(step)
+
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
@@ -43,7 +57,7 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """(state, data_state) of checkpoint ``step``, laid out like ``abstract_state``."""
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        abstract = jax.tree.map(_with_sharding, abstract_state)
         restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                        data=ocp.args.JsonRestore()))
         return restored.state, dict(restored.data)

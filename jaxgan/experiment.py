@@ -69,6 +69,21 @@ class Config:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     num_samples: int = 2500  # samples in the final 2D plot / mode metrics
+    # reliability (jaxgan.reliability)
+    on_nan: str = "stop"  # stop | skip | rollback: what a NaN/Inf loss or parameter does
+    nan_lr_factor: float = 0.5  # --on_nan=rollback multiplies the learning rates by this
+    max_rollbacks: int = 3  # --on_nan=rollback gives up (stops) after this many rollbacks
+    # parallelism (jaxgan.parallel): a ("seed", "data") device mesh
+    mesh_data: int = 0  # devices on the data axis (global batch split, gradients averaged); 0: all devices
+    mesh_seed: int = 1  # devices on the seed axis (stacked runs of a sweep); 1 for a single run
+    # evaluation during training (jaxgan.evaluation): scores logged as eval/<name>
+    eval_every: int = 0  # 0: off; else evaluate every this many steps (and at the last step)
+    eval_metrics: str = "fid,is"  # comma-separated subset of fid, kid, is, pr
+    eval_num_samples: int = 2000  # generated samples per evaluation
+    eval_inception_weights: str = ""  # converted FID Inception .npz (needed for --eval_every on non-digits data)
+    # performance (benchmarks/step_throughput.py measures both)
+    steps_per_call: int = 1  # train steps per jitted call (lax.scan): cuts dispatch overhead for small (MLP) models
+    compute_dtype: str = "float32"  # float32 | bfloat16: activations/matmuls of image models; params, optimizer state, losses and penalties stay float32
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
@@ -83,8 +98,11 @@ LR_DECAYS = ("none", "linear")
 TOY_MODELS = ("mlp",)
 
 
-def validate(config: Config) -> None:
-    """Raises `ConfigError` for the first bad value, naming the flag and what is accepted."""
+def validate(config: Config, *, device_count: int | None = None) -> None:
+    """Raises `ConfigError` for the first bad value, naming the flag and what is accepted.
+
+    ``device_count``: the devices a data-parallel image run splits the batch over (None: not checked).
+    """
     from jaxgan import models  # lazy: image models pull in more modules
 
     def check(ok: bool, message: str):
@@ -124,6 +142,11 @@ def validate(config: Config) -> None:
                  "mixture_modes", "attention_resolution"):
         value = getattr(config, name)
         check(value >= 0, f"--{name} must be >= 0, got {value}")
+    check(config.mesh_data >= 0, f"--mesh_data must be >= 0 (0: all devices), got {config.mesh_data}")
+    check(config.mesh_seed >= 1, f"--mesh_seed must be >= 1, got {config.mesh_seed}")
+    _validate_performance(config)
+    check(not config.mesh_data or config.batch_size % config.mesh_data == 0,
+          f"--batch_size={config.batch_size} (the global batch) is not divisible by --mesh_data={config.mesh_data}")
     check(config.optimizer in OPTIMIZERS, f"--optimizer={config.optimizer!r} is not one of {OPTIMIZERS}")
     check(config.lr_decay in LR_DECAYS, f"--lr_decay={config.lr_decay!r} is not one of {LR_DECAYS}")
     check(config.penalty == "none" or config.penalty_weight > 0,
@@ -136,6 +159,97 @@ def validate(config: Config) -> None:
               f"--mixture_modes for grid25 must be a square number, got {config.mixture_modes}")
     if not config.is_toy:
         models.validate_image_config(config)
+    _validate_evaluation(config)
+    _validate_reliability_and_combinations(config, device_count)
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def _validate_performance(config: Config) -> None:
+    """--steps_per_call and --compute_dtype."""
+    k = config.steps_per_call
+    if k < 1:
+        raise ConfigError(f"--steps_per_call must be >= 1, got {k}")
+    if k > 1:
+        for name in ("log_every", "checkpoint_every", "sample_every", "eval_every"):
+            value = getattr(config, name)
+            if value and value % k:
+                raise ConfigError(f"--{name}={value} must be a multiple of --steps_per_call={k} (logs, checkpoints, "
+                                  f"samples and evaluations happen between jitted calls)")
+    if config.compute_dtype not in COMPUTE_DTYPES:
+        raise ConfigError(f"--compute_dtype={config.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
+    if config.compute_dtype != "float32" and config.model == "mlp":
+        raise ConfigError(f"--compute_dtype={config.compute_dtype} applies to the image models, not --model=mlp")
+
+
+def _validate_evaluation(config: Config) -> None:
+    """--eval_every, --eval_metrics, --eval_num_samples (jaxgan.evaluation's part of `validate`)."""
+    metrics = [m.strip() for m in config.eval_metrics.split(",") if m.strip()]
+    accepted = ("fid", "kid", "is", "pr")
+    if config.eval_every < 0:
+        raise ConfigError(f"--eval_every must be >= 0 (0: off), got {config.eval_every}")
+    if config.eval_every and config.is_toy:
+        raise ConfigError(f"--eval_every is for image runs; --dataset={config.dataset} reports mode coverage instead")
+    if config.eval_every and not metrics:
+        raise ConfigError(f"--eval_every={config.eval_every} needs --eval_metrics (a subset of {','.join(accepted)})")
+    unknown = [m for m in metrics if m not in accepted]
+    if unknown:
+        raise ConfigError(f"--eval_metrics={config.eval_metrics!r}: unknown {unknown}; accepted: a comma-separated "
+                          f"subset of {','.join(accepted)}")
+    low = 10 if "is" in metrics else 6 if "pr" in metrics else 2
+    if config.eval_num_samples < low:
+        raise ConfigError(f"--eval_num_samples must be >= {low} for --eval_metrics={config.eval_metrics}, got "
+                          f"{config.eval_num_samples}")
+
+
+def _validate_reliability_and_combinations(config: Config, device_count: int | None) -> None:
+    """The NaN policy, integer ranges and flag combinations (jaxgan.reliability's part of `validate`)."""
+    from jaxgan import models
+    from jaxgan.reliability import NAN_POLICIES
+
+    def check(ok: bool, message: str):
+        if not ok:
+            raise ConfigError(message)
+
+    check(config.on_nan in NAN_POLICIES, f"--on_nan={config.on_nan!r} is not one of {NAN_POLICIES}")
+    check(math.isfinite(config.nan_lr_factor) and 0 < config.nan_lr_factor < 1,
+          f"--nan_lr_factor must be in (0, 1), got {config.nan_lr_factor}")
+    check(config.max_rollbacks >= 1, f"--max_rollbacks must be >= 1, got {config.max_rollbacks}")
+    for field in dataclasses.fields(config):  # steps and counters are int32 on device; seeds are uint32
+        value = getattr(config, field.name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            low, high = (0, 2**32 - 1) if field.name == "seed" else (-2**31, 2**31 - 1)
+            check(low <= value <= high, f"--{field.name}={value} is out of range; accepted: {low} to {high}")
+        elif isinstance(value, float):
+            check(math.isfinite(value), f"--{field.name} must be a finite number, got {value}")
+    for name, high in (("width", 2**16), ("latent_dim", 2**16), ("depth", 256), ("n_critic", 1000),
+                       ("batch_size", 2**20), ("num_samples", 10**7), ("mixture_modes", 10**6)):
+        check(getattr(config, name) <= high, f"--{name}={getattr(config, name)} is implausibly large; accepted: up to "
+                                             f"{high}")
+    check(not config.instance_noise_anneal_steps or config.instance_noise > 0,
+          f"--instance_noise_anneal_steps={config.instance_noise_anneal_steps} needs --instance_noise > 0")
+    check(not config.ema_start or config.ema_decay > 0, f"--ema_start={config.ema_start} needs --ema_decay > 0")
+    if config.is_toy:
+        check(not config.conditional, f"--conditional needs a labelled image dataset, not --dataset={config.dataset}")
+        check(not config.d_normalization,
+              f"--d_normalization applies to --model=dcgan, not --model={config.model} on {config.dataset}")
+    else:
+        for name in ("mixture_modes", "mixture_radius", "mixture_std", "mixture_spacing"):
+            check(not getattr(config, name), f"--{name} applies to the 2D datasets {toy.TOY_DATASETS}, not "
+                                             f"--dataset={config.dataset}")
+        if device_count and not getattr(config, "mesh_data", 0):
+            check(config.batch_size % device_count == 0,
+                  f"--batch_size={config.batch_size} is not divisible by the {device_count} devices; use a multiple "
+                  f"of {device_count}")
+        # a gradient penalty with BatchNorm in D: checked here, before any data is loaded (build repeats it)
+        if config.penalty != "none":
+            objective = build_objective(config)
+            data_shape = (config.image_size, config.image_size, config.channels)
+            _, discriminator = models.build_models(config, data_shape, 10 if config.conditional else 0)
+            check(not (objective.has_gradient_penalty and models.discriminator_uses_batch_norm(discriminator)),
+                  f"--penalty={config.penalty} needs per-example gradients, but the {config.model} discriminator "
+                  f"uses BatchNorm, which couples the examples of a batch; set --d_normalization=layer_norm or none")
 
 
 def make_optimizer(config: Config, learning_rate: float, b1: float | None = None) -> optax.GradientTransformation:

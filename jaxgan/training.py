@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import pathlib
 import platform
+import shutil
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -27,17 +28,21 @@ from absl import logging
 
 from jaxgan import experiment as experiment_lib
 from jaxgan import logging as log_lib
+from jaxgan import parallel
+from jaxgan import reliability
 from jaxgan.checkpoint import Checkpointer
 from jaxgan.data import toy
 from jaxgan.experiment import Config, ConfigError
-from jaxgan.step import sample
+from jaxgan.step import make_multi_step, sample
 
 # Fields that may change between invocations on one workdir (extending a run, logging more often).
-RESUMABLE_FIELDS = ("steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "num_samples")
+RESUMABLE_FIELDS = ("steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "num_samples",
+                    "on_nan", "nan_lr_factor", "max_rollbacks")
+RESUMABLE_FIELDS += ("eval_every", "eval_metrics", "eval_num_samples", "eval_inception_weights")
+RESUMABLE_FIELDS += ("steps_per_call",)  # the same steps, run k per jitted call
 
 
-class DivergenceError(RuntimeError):
-    """A loss or parameter became NaN/Inf; the message names the step, the term and the last checkpoint."""
+DivergenceError = reliability.DivergenceError  # re-exported: the launcher and users catch it here
 
 
 class ToyData:
@@ -45,10 +50,17 @@ class ToyData:
 
     def __init__(self, sampler, seed: int, n_critic: int, batch_size: int):
         key = jax.random.fold_in(jax.random.key(seed), 0x5EED)
-        self._sample = jax.jit(lambda t: sampler(jax.random.fold_in(key, t), n_critic * batch_size)
-                               .reshape(n_critic, batch_size, -1))
+        draw = lambda t: sampler(jax.random.fold_in(key, t), n_critic * batch_size).reshape(n_critic, batch_size, -1)
+        self._sample = jax.jit(draw)
+        self._sample_many = jax.jit(jax.vmap(draw))  # take(k): k batches in one call, the same numbers
         self._t = 0
         self.num_classes = 0
+
+    def take(self, k: int) -> dict:
+        """The next ``k`` batches stacked: ``{"x": [k, n_critic, B, 2]}`` (equal to ``k`` calls of next)."""
+        batch = {"x": self._sample_many(self._t + jnp.arange(k))}
+        self._t += k
+        return batch
 
     def __next__(self) -> dict:
         batch = {"x": self._sample(self._t)}
@@ -86,6 +98,14 @@ class ImageData:
         self._it.set_state(state)
 
 
+def _take_batches(data, k: int) -> dict:
+    """The next ``k`` batches of ``data`` stacked on a new leading axis (one device transfer)."""
+    if hasattr(data, "take"):
+        return data.take(k)
+    batches = [next(data) for _ in range(k)]
+    return {name: np.stack([np.asarray(b[name]) for b in batches]) for name in batches[0]}
+
+
 def make_data(config: Config, *, process_index: int = 0, process_count: int = 1):
     if config.is_toy:
         sampler, _ = toy.toy_sampler(config.dataset, **experiment_lib.toy_mixture_options(config))
@@ -110,10 +130,19 @@ def run_info() -> dict[str, Any]:
                                   cwd=pathlib.Path(__file__).parent).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         revision = None
+    dirty = None
+    if revision:  # uncommitted changes to tracked files: the revision alone does not reproduce the run
+        try:
+            dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                        text=True, timeout=5, cwd=pathlib.Path(__file__).parent).stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
     devices = jax.devices()
     return {"versions": versions, "python": platform.python_version(), "platform": jax.default_backend(),
             "device_kind": devices[0].device_kind, "device_count": len(devices),
-            "process_count": jax.process_count(), "git_revision": revision}
+            "local_device_count": jax.local_device_count(), "process_count": jax.process_count(),
+            "git_revision": revision, "git_dirty": dirty, "command": list(sys.argv), "cwd": os.getcwd(),
+            "environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("JAX_", "XLA_"))}}
 
 
 def _atomic_write(path: pathlib.Path, text: str) -> None:
@@ -145,6 +174,7 @@ def sample_params(state, config: Config):
 
 
 def _save_samples(exp, state, config: Config, path: pathlib.Path, latents_key, num: int, writer=None, step=0):
+    state = parallel.local_copy(state)  # a replicated multi-device state: sample on one local device
     x = np.asarray(sample(exp.generator, sample_params(state, config), state.g.model_state, latents_key, num,
                           num_classes=exp.num_classes))
     if config.is_toy:
@@ -156,72 +186,180 @@ def _save_samples(exp, state, config: Config, path: pathlib.Path, latents_key, n
     return x
 
 
-def _first_nonfinite(metrics: dict) -> str:
-    for name, value in metrics.items():
-        if name != "finite" and not math.isfinite(float(value)):
-            return name
-    return "a parameter"
+def _eval_extractor(config: Config):
+    """The feature network of --eval_every (None when off): the digits classifier for digits, else Inception."""
+    if not config.eval_every:
+        return None
+    from jaxgan import evaluation
+    return evaluation.build_extractor(config.dataset, inception_weights=config.eval_inception_weights or None)
+
+
+def _log_evaluation(exp, state, config: Config, extractor, writer, step: int) -> None:
+    """--eval_every: `jaxgan.evaluation.evaluate` of the current state, logged as ``eval/<name>`` scalars."""
+    from jaxgan import evaluation
+    record = evaluation.evaluate(exp, state, metrics=config.eval_metrics, num_samples=config.eval_num_samples,
+                                 extractor=extractor, seed=config.seed)
+    scalars = {f"eval/{k}": float(v) for k, v in record["metrics"].items()}
+    writer.write_scalars(step, scalars)
+    logging.info("evaluation at step %d (%d samples, %s features): %s", step, config.eval_num_samples,
+                 extractor.name, ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+
+
+def _rollback(exp, config: Config, checkpointer: Checkpointer, abstract, key, data, initial_data_state, state,
+              message: str, attempt: int) -> tuple[int, Any]:
+    """--on_nan=rollback: the last good checkpoint (or the initial state) with learning rates x nan_lr_factor."""
+    g_lr, d_lr = reliability.learning_rates(state)  # the hyperparameters of the diverged state are still finite
+    restored = checkpointer.restore_latest(abstract)
+    if restored is None:
+        step, good, data_state = 0, jax.jit(exp.init)(key), initial_data_state
+    else:
+        step, good, data_state = restored
+    data.set_state(data_state)
+    good_g, good_d = reliability.learning_rates(good)
+    # the rates become the diverged run's rates times the factor (compounding over repeated rollbacks)
+    factor = config.nan_lr_factor
+    good = reliability.set_learning_rates(good, g_lr * factor, d_lr * factor)
+    logging.warning("%s; rollback %d of %d: restarting from step %d with learning rates g %.3g, d %.3g (--nan_lr_factor="
+                    "%g times the diverged run's; the checkpoint had g %.3g, d %.3g)", message, attempt,
+                    config.max_rollbacks, step, g_lr * factor, d_lr * factor, factor, good_g, good_d)
+    return step, good
 
 
 def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False) -> Any:
     """Trains (or resumes) the run of ``config`` in ``workdir``; returns the final GANState."""
-    experiment_lib.validate(config)
+    # Everything that can refuse the run happens before anything is written, compiled or loaded in bulk:
+    # flags (including the device count and the BatchNorm-with-penalty check), the workdir, then the data.
+    experiment_lib.validate(config, device_count=None if config.is_toy else jax.device_count())
     workdir = pathlib.Path(workdir)
+    if not str(workdir).strip():
+        raise ConfigError("--workdir must not be empty")
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"--workdir={workdir} exists and is not a directory")
     check_workdir(config, workdir, overwrite)
-    data = make_data(config)
-    exp = experiment_lib.build(config, num_classes=data.num_classes)
+    mesh = parallel.training_mesh(config)  # None: one device; else the ("seed", "data") mesh of --mesh_data
+    data = make_data(config, process_index=jax.process_index(), process_count=jax.process_count())
+    put_batch = parallel.batch_placer(mesh, global_batches=config.is_toy)  # identity without a mesh
+    initial_data_state = data.get_state()
+    if not config.is_toy:  # read one batch now, so unreadable files fail before anything is written or compiled
+        next(data)
+        data.set_state(initial_data_state)
+    axis_name = None if mesh is None else parallel.DATA_AXIS  # per-device step, cross-replica BatchNorm
+    exp = experiment_lib.build(config, num_classes=data.num_classes, axis_name=axis_name)
+    extractor = _eval_extractor(config)  # --eval_every: a missing weights file refuses the run before it starts
     workdir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(workdir / "config.json", config.to_json())
-    _atomic_write(workdir / "run_info.json", json.dumps({**run_info(), "num_classes": exp.num_classes}, indent=1))
+    if parallel.is_primary():  # process 0 writes the workdir's files; every process checkpoints
+        if overwrite and (workdir / "checkpoints").exists():
+            shutil.rmtree(workdir / "checkpoints")  # --overwrite: the old run's checkpoints must not be resumed
+        _atomic_write(workdir / "config.json", config.to_json())
+        _atomic_write(workdir / "run_info.json", json.dumps({**run_info(), "num_classes": exp.num_classes}, indent=1))
+    parallel.sync_processes("jaxgan_workdir_ready")
 
     key = jax.random.key(config.seed)
     abstract = jax.eval_shape(exp.init, key)
+    if mesh is not None:
+        abstract = parallel.abstract_on_mesh(abstract, mesh)  # restore replicated onto this run's mesh
     checkpointer = Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every,
                                 keep=config.keep_checkpoints)
     restored = None if overwrite else checkpointer.restore_latest(abstract)
     if restored is None:
-        start, state = 0, jax.jit(exp.init)(key)
+        start, state = 0, (jax.jit(exp.init)(key) if mesh is None else parallel.init_replicated(exp.init, key, mesh))
     else:
         start, state, data_state = restored
         data.set_state(data_state)
         logging.info("resumed from %s at step %d", checkpointer.directory, start)
 
-    writer = log_lib.MetricWriter(workdir)
+    writer = log_lib.MetricWriter(workdir) if parallel.is_primary() else parallel.NullWriter()
     writer.truncate_after(start)
-    step_fn = jax.jit(exp.train_step(), donate_argnums=0)
+    raw_step = exp.train_step(axis_name)
+    # The guard carries a device-side record of the first non-finite step (see jaxgan.reliability); with
+    # --on_nan=skip it also discards non-finite updates inside the compiled step, so donation stays safe.
+    if mesh is None:
+        step_fn = jax.jit(reliability.guard_step(raw_step, config.on_nan), donate_argnums=(0, 2))
+    else:  # jit(shard_map) over the data axis; at most a few steps in flight (CPU collectives deadlock otherwise)
+        step_fn = parallel.data_parallel_step(reliability.guard_step(raw_step, config.on_nan), mesh, num_args=3,
+                                              donate_argnums=(0, 2))
+    # --steps_per_call=k: k steps per jitted call (lax.scan) whenever t is a multiple of k and k steps remain;
+    # log/checkpoint/sample/eval intervals are multiples of k (validated), so they fall on call boundaries.
+    per_call = config.steps_per_call if mesh is None else 1
+    multi_fn = (jax.jit(make_multi_step(reliability.guard_step(raw_step, config.on_nan), per_call),
+                        donate_argnums=(0, 2)) if per_call > 1 else None)
     latents_key = jax.random.fold_in(key, 7)
-    (workdir / "samples").mkdir(exist_ok=True)
+    if parallel.is_primary():
+        (workdir / "samples").mkdir(exist_ok=True)
     progress = log_lib.ProgressLine(config.steps)
     last_time, last_step = time.perf_counter(), start
+    record, rollbacks, skips_at_last_log = None, 0, 0
     try:
-        for t in range(start, config.steps):
-            batch = next(data)
-            state, metrics = step_fn(state, batch)
-            done = t + 1
-            if done % config.log_every == 0 or done == config.steps:
-                scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                if scalars["finite"] != 1.0:
-                    raise DivergenceError(
-                        f"step {done}: {_first_nonfinite(scalars)} became NaN/Inf; last good checkpoint: step "
-                        f"{checkpointer.latest_step()} in {checkpointer.directory}")
-                now = time.perf_counter()
-                scalars["steps_per_sec"] = (done - last_step) / max(now - last_time, 1e-9)
-                last_time, last_step = now, done
-                writer.write_scalars(done, scalars)
-                line = progress.update(done, {k: scalars[k] for k in ("d/total", "g/total")}, force=done == config.steps)
-                if line:
-                    logging.info("%s", line)
-            if config.sample_every and done % config.sample_every == 0:
-                _save_samples(exp, state, config, workdir / "samples" / f"step_{done:07d}.png", latents_key, 64,
-                              writer, done)
-            if checkpointer.save(done, state, data.get_state()):
-                checkpointer.wait()  # the step donates `state`: finish reading it before the next step
+        with reliability.StopRequest() as stop:
+            t = start
+            while t < config.steps:
+                n = per_call if per_call > 1 and t % per_call == 0 and t + per_call <= config.steps else 1
+                batch = put_batch(next(data)) if n == 1 else _take_batches(data, n)
+                if record is None:
+                    shapes_step = raw_step if mesh is None else parallel.shard_map_step(raw_step, mesh)
+                    one = batch if n == 1 else jax.tree.map(lambda b: jax.ShapeDtypeStruct(b.shape[1:], b.dtype), batch)
+                    record = reliability.nan_record_init(reliability.metric_names(shapes_step, state, one))
+                state, metrics, record = (step_fn if n == 1 else multi_fn)(state, batch, record)
+                t = done = t + n
+                is_log = done % config.log_every == 0 or done == config.steps
+                stopping = stop.should_stop(done, sync_point=is_log)
+                saving = stopping or done == config.steps or checkpointer.should_save(done)
+                if is_log or saving:  # never log or save without checking the state is finite
+                    first, count, bad = reliability.read_record(record)
+                    last_good = checkpointer.latest_step()
+                    if config.on_nan == "skip":
+                        if is_log and count - skips_at_last_log >= done - last_step:
+                            raise DivergenceError(reliability.divergence_message(
+                                first, bad, done, last_good, checkpointer.directory, policy="skip",
+                                extra=f"; --on_nan=skip gave up: all {done - last_step} steps since step {last_step} "
+                                      f"were non-finite"))
+                        if is_log and count > skips_at_last_log:
+                            logging.warning("--on_nan=skip: discarded %d non-finite update(s) in steps %d-%d",
+                                            count - skips_at_last_log, last_step + 1, done)
+                    elif first >= 0:
+                        message = reliability.divergence_message(first, bad, done, last_good, checkpointer.directory,
+                                                                 policy=config.on_nan)
+                        if config.on_nan == "rollback" and rollbacks < config.max_rollbacks:
+                            rollbacks += 1
+                            t, state = _rollback(exp, config, checkpointer, abstract, key, data, initial_data_state,
+                                                 state, message, rollbacks)
+                            writer.truncate_after(t)
+                            record, last_time, last_step = None, time.perf_counter(), t
+                            continue
+                        if config.on_nan == "rollback":
+                            message += f"; gave up after --max_rollbacks={config.max_rollbacks} rollbacks"
+                        raise DivergenceError(message)
+                if is_log:
+                    scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    if config.on_nan == "skip":
+                        scalars["nan_skipped"] = float(count)
+                        skips_at_last_log = count
+                    now = time.perf_counter()
+                    scalars["steps_per_sec"] = (done - last_step) / max(now - last_time, 1e-9)
+                    last_time, last_step = now, done
+                    writer.write_scalars(done, scalars)
+                    line = progress.update(done, {k: scalars[k] for k in ("d/total", "g/total")},
+                                           force=done == config.steps)
+                    if line:
+                        logging.info("%s", line)
+                if config.eval_every and (done % config.eval_every == 0 or done == config.steps):
+                    _log_evaluation(exp, state, config, extractor, writer, done)
+                if config.sample_every and done % config.sample_every == 0 and parallel.is_primary():
+                    _save_samples(exp, state, config, workdir / "samples" / f"step_{done:07d}.png", latents_key, 64,
+                                  writer, done)
+                if saving and checkpointer.latest_step() != done:
+                    checkpointer.save(done, state, data.get_state(), force=True)
+                    checkpointer.wait()  # the step donates `state`: finish reading it before the next step
+                if stopping:
+                    raise reliability.TrainingInterrupted(done, stop.reason, checkpointer.directory)
         if config.steps > start and checkpointer.latest_step() != config.steps:
             checkpointer.save(config.steps, state, data.get_state(), force=True)
     finally:
         checkpointer.close()
         writer.close()
 
+    if not parallel.is_primary():
+        return state  # process 0 writes the samples, plots and final metrics
     num = config.num_samples if config.is_toy else 64
     x = _save_samples(exp, state, config, workdir / "samples.png", latents_key, num)
     log_lib.plot_losses(workdir / "metrics.jsonl", workdir / "losses.png")

@@ -40,6 +40,14 @@ HELP = {
               "(restore the last good checkpoint with lower learning rates)",
     "nan_lr_factor": "--on_nan=rollback multiplies the learning rates by this (0 < f < 1)",
     "max_rollbacks": "--on_nan=rollback stops after this many rollbacks",
+    "mesh_data": "devices on the data axis: the global batch is split, gradients averaged (0: all devices; "
+                 "1 on a single-process CPU run, whose simulated devices share the cores)",
+    "mesh_seed": "devices on the seed axis: stacked runs of a sweep split over devices (1 for launch/train.py)",
+    "eval_every": "steps between evaluations logged as eval/<name> (0: off; jaxgan.evaluation, as launch/evaluate.py)",
+    "eval_metrics": "metrics of --eval_every: comma-separated subset of fid, kid, is, pr",
+    "eval_num_samples": "generated samples per --eval_every evaluation",
+    "eval_inception_weights": "converted FID Inception .npz for --eval_every on non-digits data "
+                              "(python -m jaxgan.metrics.features convert IN.pth OUT.npz)",
 }
 
 
@@ -76,7 +84,9 @@ def parse_flags_one_line(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        message = " ".join(str(e).split())
+        message = " ".join(str(e).split()).removeprefix("ERROR:: ")
+        if isinstance(e, flags.CantOpenFlagFileError):
+            message = f"--flagfile: {message}"
         print(f"error: {message} (--helpfull lists the flags)", file=sys.stderr)
         sys.exit(2)
 

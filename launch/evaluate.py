@@ -59,6 +59,9 @@ def main(argv):
 
         _common.enable_compile_cache(FLAGS.jax_cache_dir)
         metrics = evaluation.parse_metrics(FLAGS.metrics)  # bad names fail before anything is loaded
+        if FLAGS.inception_weights and not os.path.isfile(FLAGS.inception_weights):
+            from jaxgan.metrics.features import _missing_weights_message
+            raise ConfigError(_missing_weights_message(FLAGS.inception_weights))
         workdir = pathlib.Path(FLAGS.workdir)
         if not workdir.is_dir():
             raise ConfigError(f"--workdir={workdir} is not a directory")

@@ -19,6 +19,14 @@ _common.define_config_flags(Config)
 flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and samples", required=True)
 flags.DEFINE_bool("overwrite", False, "start afresh in a workdir made by another configuration")
 flags.DEFINE_string("jax_cache_dir", "~/.cache/jaxgan/jax", "persistent compilation cache ('' to disable)")
+# multi-host (jaxgan.parallel.initialize_distributed); launch/local_cluster.sh N ... sets them for local processes
+flags.DEFINE_string("coordinator_address", "", "HOST:PORT of process 0's coordinator; with --num_processes and "
+                    "--process_id starts a multi-process run through jax.distributed")
+flags.DEFINE_integer("num_processes", 1, "processes in a multi-process run")
+flags.DEFINE_integer("process_id", 0, "this process's index in [0, --num_processes)")
+flags.DEFINE_enum("distributed", "off", ["off", "auto"], "auto: a bare jax.distributed.initialize() that detects "
+                  "a TPU pod slice, SLURM or Open MPI job from the environment")
+flags.DEFINE_integer("distributed_timeout", 300, "seconds to wait for the coordinator and the other processes")
 FLAGS = flags.FLAGS
 
 EXIT_DIVERGED = 3  # a NaN/Inf stopped the run (--on_nan=stop, or skip/rollback gave up)
@@ -39,6 +47,10 @@ def main(argv):
     def run():
         config = _common.config_from_flags(Config)
         _common.enable_compile_cache(FLAGS.jax_cache_dir)
+        if FLAGS.distributed == "auto" or FLAGS.coordinator_address or FLAGS.num_processes > 1:
+            from jaxgan import parallel  # before any other JAX use
+            parallel.initialize_distributed(FLAGS.coordinator_address or None, FLAGS.num_processes, FLAGS.process_id,
+                                            auto=FLAGS.distributed == "auto", timeout_s=FLAGS.distributed_timeout)
         try:
             train(config, FLAGS.workdir, overwrite=FLAGS.overwrite)
         except TrainingInterrupted as e:
