@@ -22,14 +22,60 @@ Why: XLA:CPU lowers the weight gradient of a transposed convolution (and to a le
 gradient of a strided conv) to convolutions its Eigen path does not take; they run at 4-5 GFLOP/s
 (see shared/notes/cpu-performance.md).
 
-Measurements (``python benchmarks/conv_layers.py``; DCGAN 64x64x3, batch 64; 2-core Zen 5 VM shared with
-other jobs, so noisy: median ms of 5 runs, re-run twice, a pass is only chosen if clearly faster):
+Measurements (``python benchmarks/conv_layers.py --repeats 5``): DCGAN 64x64x3, batch 64, float32, on the
+project's 2-core Zen 5 VM *while other jobs ran* (load average 10-13), so absolute times are 5-10x those of
+shared/notes/cpu-performance.md; median ms (GFLOP/s) of 5 interleaved runs. Two earlier runs (xla/phase/gemm,
+and G layers with corr) gave the same ranking except where noted "tie". "corr" = xla fwd/dgrad + the
+dedicated transposed-conv weight gradient; "auto" = the rule below:
 
-    TABLE_PLACEHOLDER
+    layer    pass               xla           phase            gemm            corr            auto
+    G.up0    fwd        41.1 (   3)     47.3 (   2)     14.3 (   7)     40.1 (   3)      8.2 (  13)
+    G.up0    dgrad      21.5 (   5)     19.6 (   5)     15.2 (   7)     17.5 (   6)     14.4 (   7)
+    G.up0    wgrad      62.5 (   2)     56.8 (   2)     22.2 (   5)     10.7 (  10)      9.0 (  12)
+    G.up1    fwd        96.3 (  45)    104.9 (  41)    108.0 (  40)    107.9 (  40)    109.1 (  39)
+    G.up1    dgrad     198.6 (  22)    173.7 (  25)    299.2 (  14)    222.2 (  19)    168.7 (  25)
+    G.up1    wgrad    9339.9 (   0)    439.4 (  10)    478.9 (   9)    396.5 (  11)    344.2 (  12)
+    G.up2    fwd       300.0 (  14)    212.3 (  20)    344.1 (  12)    270.6 (  16)    232.0 (  19)
+    G.up2    dgrad     234.1 (  18)    206.4 (  21)    674.4 (   6)    233.3 (  18)    207.1 (  21)
+    G.up2    wgrad   10606.2 (   0)    622.2 (   7)    753.4 (   6)    795.9 (   5)    732.8 (   6)
+    G.up3    fwd       473.8 (   9)    252.0 (  17)    807.2 (   5)    508.8 (   8)    211.3 (  20)
+    G.up3    dgrad     251.8 (  17)    392.0 (  11)   1192.3 (   4)    264.3 (  16)    232.8 (  18)
+    G.up3    wgrad   13463.9 (   0)   1132.1 (   4)   2504.0 (   2)   1128.0 (   4)   1016.6 (   4)
+    G.up4    fwd        35.9 (  11)    104.0 (   4)     50.2 (   8)     40.0 (  10)     24.0 (  17)
+    G.up4    dgrad      28.6 (  14)    236.9 (   2)    184.1 (   2)     30.4 (  13)     28.6 (  14)
+    G.up4    wgrad     364.2 (   1)   1319.8 (   0)    193.9 (   2)     71.9 (   6)     60.0 (   7)
+    D.down0  fwd        24.4 (  17)     28.4 (  14)     58.8 (   7)               -     29.0 (  14)
+    D.down0  dgrad      41.9 (  10)     42.4 (   9)     50.1 (   8)               -     35.9 (  11)
+    D.down0  wgrad      92.2 (   4)    175.4 (   2)    186.7 (   2)               -     72.0 (   6)
+    D.down1  fwd       171.7 (  25)    499.9 (   9)    476.0 (   9)               -    228.0 (  19)
+    D.down1  dgrad     279.2 (  15)    208.2 (  21)    291.2 (  15)               -    164.1 (  26)
+    D.down1  wgrad     464.0 (   9)    916.3 (   5)    783.7 (   5)               -    443.6 (  10)
+    D.down2  fwd       220.4 (  19)    608.1 (   7)    327.0 (  13)               -    249.9 (  17)
+    D.down2  dgrad     307.9 (  14)    172.1 (  25)    358.7 (  12)               -    225.3 (  19)
+    D.down2  wgrad     349.4 (  12)   1119.1 (   4)    587.8 (   7)               -    491.7 (   9)
+    D.down3  fwd       173.9 (  25)    153.9 (  28)    136.3 (  32)               -    132.6 (  32)
+    D.down3  dgrad     285.9 (  15)    258.1 (  17)    132.3 (  32)               -    130.7 (  33)
+    D.down3  wgrad     198.5 (  22)    388.3 (  11)    276.1 (  16)               -    196.4 (  22)
+    D.out    fwd         3.8 (   0)      1.0 (   1)     10.1 (   0)               -      1.0 (   1)
+    D.out    dgrad       0.6 (   2)      0.6 (   2)      9.8 (   0)               -      0.8 (   1)
+    D.out    wgrad       1.6 (   1)      1.7 (   1)      1.1 (   1)               -      1.7 (   1)
+    S.conv3  fwd       140.3 (  34)    147.8 (  33)    366.4 (  13)               -    173.0 (  28)
+    S.conv3  dgrad     168.1 (  29)    141.5 (  34)    306.0 (  16)               -    180.8 (  27)
+    S.conv3  wgrad     406.7 (  12)    384.0 (  13)    639.1 (   8)               -    387.1 (  12)
+    sum                     38848.9         10566.3         12638.7          4138.1          6542.2
 
-Auto rule on cpu (per pass; "G" = ConvTranspose, "D" = Conv)::
+Auto rule on cpu ("fwd/dgrad/wgrad"; hw = input height*width; see ``_auto_cpu``)::
 
-    RULE_PLACEHOLDER
+    ConvTranspose stride 1: 1x1 input -> "gemm/gemm/corr" (G.up0, a dense projection), else "xla"
+    ConvTranspose stride>1: features <= 16 -> "xla/xla/corr" (G.up4, to-image)
+                            hw >= 256     -> "phase/xla/corr" (G.up3; xla dgrad won 3 of 3 runs)
+                            else          -> "phase/phase/corr" (G.up1, G.up2; phase vs corr wgrad: tie)
+    Conv stride 1 or in_features <= 16 -> "xla" (D.out, SNGAN 3x3, D.down0: differences within noise)
+    Conv stride>1: hw <= 64 -> "gemm/gemm/xla" (D.down3), else "xla/phase/xla" (D.down1, D.down2)
+
+(The "corr" sum covers only the G rows.) All passes: auto 6.5 s vs flax ("xla") 38.8 s under this load.
+The transposed-conv weight gradient drops from ~10 s to ~0.4-1 s per layer here (60-80x less on a quiet
+machine per the notes); the rest are 1.1-2x gains per pass. Re-measure on a quiet machine before tuning further.
 """
 from __future__ import annotations
 
@@ -199,17 +245,25 @@ def _mixed(kind, fwd, dgrad, wgrad, s, pads, precision):
 
 
 # --------------------------------------------------------------------------------------------------------
-# The "auto" rule (cpu). Keys: (kind, stride, kernel, in_features, out_features) match on the layer; the
-# first matching predicate wins. Derived from the table in the module docstring.
+# The "auto" rule (cpu), derived from the table in the module docstring.
 # --------------------------------------------------------------------------------------------------------
-def _auto_cpu(kind, s, k, cin, cout, hw):
-  del k, cin, cout, hw, s
-  return "xla/xla/xla" if kind == "conv" else "phase/phase/phase"
+def _auto_cpu(kind, s, cin, cout, hw):
+  """Per-pass choice "fwd/dgrad/wgrad" for a layer on cpu; hw = input spatial size. See the docstring table."""
+  area = hw[0] * hw[1]
+  if kind == "convt":
+    if max(s) == 1:
+      return "gemm/gemm/corr" if area == 1 else "xla"  # 1x1 -> KxK projection (DCGAN G.up0) is a GEMM
+    if cout <= 16:
+      return "xla/xla/corr"                             # to-image layer (G.up4)
+    return "phase/xla/corr" if area >= 256 else "phase/phase/corr"
+  if max(s) == 1 or cin <= 16:
+    return "xla"                                        # stride-1 convs, from-image layer (D.down0)
+  return "gemm/gemm/xla" if area <= 64 else "xla/phase/xla"
 
 
-def _resolve(impl, kind, s, k, cin, cout, hw):
+def _resolve(impl, kind, s, cin, cout, hw):
   if impl == "auto":
-    impl = "xla" if jax.default_backend() != "cpu" else _auto_cpu(kind, s, k, cin, cout, hw)
+    impl = "xla" if jax.default_backend() != "cpu" else _auto_cpu(kind, s, cin, cout, hw)
   names = impl.split("/") if "/" in impl else [impl] * 3
   if (len(names) != 3 or any(n not in _FORMS[kind] for n in names[:2])
       or names[2] not in {**_FORMS[kind], **_EXTRA_WGRAD.get(kind, {})}):
@@ -219,7 +273,7 @@ def _resolve(impl, kind, s, k, cin, cout, hw):
 
 
 def _apply(kind, impl, x, w, s, pads, precision):
-  fwd, dgrad, wgrad = _resolve(impl, kind, s, w.shape[:2], w.shape[2], w.shape[3], x.shape[1:3])
+  fwd, dgrad, wgrad = _resolve(impl, kind, s, w.shape[2], w.shape[3], x.shape[1:3])
   if fwd == dgrad == wgrad:
     return _FORMS[kind][fwd](x, w, s, pads, precision)
   return _mixed(kind, fwd, dgrad, wgrad, s, pads, precision)(x, w)

@@ -1,0 +1,133 @@
+"""jaxgan.models.layers: every implementation equals flax.linen.Conv / ConvTranspose (params, outputs, grads)."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgan.models import layers
+from jaxgan.models.layers import Conv, ConvTranspose
+
+# Pure formulations, "auto" and custom_vjp mixes that put every formulation in every pass at least once
+# over the two lists (each pure formulation's passes are its autodiff; the mixes use linear transposes).
+IMPLS = ["auto", "xla", "phase", "gemm", "gemm/phase/xla"]
+T_IMPLS = ["auto", "xla", "phase", "gemm", "phase/gemm/corr", "gemm/xla/phase"]
+
+# (flax kwargs, input shape NHWC)
+CONV_CASES = [
+    (dict(features=6, kernel_size=(4, 4), strides=(2, 2), padding=((1, 1), (1, 1))), (2, 8, 8, 3)),
+    (dict(features=4, kernel_size=(3, 3), strides=1, padding="SAME"), (2, 7, 6, 3)),
+    (dict(features=4, kernel_size=(3, 3), strides=2, padding="SAME", use_bias=False), (3, 7, 6, 3)),
+    (dict(features=4, kernel_size=(4, 4), strides=1, padding="VALID"), (2, 4, 4, 8)),
+    (dict(features=3, kernel_size=(5, 3), strides=(3, 2), padding=((2, 0), (1, 2))), (2, 9, 8, 2)),
+]
+CONVT_CASES = [
+    (dict(features=6, kernel_size=(4, 4), strides=(2, 2), padding=((2, 2), (2, 2))), (2, 4, 4, 5)),
+    (dict(features=3, kernel_size=(4, 4), strides=(2, 2), padding="SAME", use_bias=False), (2, 5, 3, 8)),
+    (dict(features=5, kernel_size=(4, 4), strides=(1, 1), padding="VALID", use_bias=False), (3, 1, 1, 7)),
+    (dict(features=4, kernel_size=(3, 3), strides=(2, 2), padding="VALID", transpose_kernel=True), (2, 3, 3, 3)),
+    (dict(features=4, kernel_size=(3, 3), strides=(3, 2), padding=((0, 1), (3, -1))), (2, 4, 5, 3)),
+]
+
+
+def _rel(a, b):
+  return float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(kind, case):
+  kw, x_shape = (CONV_CASES if kind == "conv" else CONVT_CASES)[case]
+  return _run(nn.Conv(**kw) if kind == "conv" else nn.ConvTranspose(**kw), x_shape)
+
+
+def _run(module, x_shape):
+  """Initial params, then output and vjp (random cotangent) at random params, in one jitted call."""
+  x = jax.random.normal(jax.random.key(1), x_shape)
+  p0 = module.init(jax.random.key(0), x)
+  p = jax.tree.map(lambda a: jax.random.normal(jax.random.key(a.size), a.shape), p0)  # nonzero bias too
+
+  @jax.jit
+  def f(p, x):
+    y, vjp = jax.vjp(module.apply, p, x)
+    return y, vjp(jax.random.normal(jax.random.key(2), y.shape))
+
+  return p0, f(p, x)
+
+
+def _compare(mine, ref):
+  (p0, (y, grads)), (p0_ref, (y_ref, grads_ref)) = mine, ref
+  # same names, shapes and initial values (same initialisers and rng use)
+  assert jax.tree.map(jnp.shape, p0) == jax.tree.map(jnp.shape, p0_ref)
+  for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p0_ref)):
+    np.testing.assert_array_equal(a, b)
+  assert y.shape == y_ref.shape and _rel(y, y_ref) < 1e-5
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):  # d/dparams (kernel, bias), d/dx
+    assert a.shape == b.shape and _rel(a, b) < 1e-5
+
+
+def _check(ref, mine, x_shape):
+  _compare(_run(mine, x_shape), _run(ref, x_shape))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
+def test_conv_matches_flax(case, impl):
+  kw, x_shape = CONV_CASES[case]
+  _compare(_run(Conv(**kw, implementation=impl), x_shape), _reference("conv", case))
+
+
+@pytest.mark.parametrize("impl", T_IMPLS)
+@pytest.mark.parametrize("case", range(len(CONVT_CASES)))
+def test_conv_transpose_matches_flax(case, impl):
+  kw, x_shape = CONVT_CASES[case]
+  _compare(_run(ConvTranspose(**kw, implementation=impl), x_shape), _reference("convt", case))
+
+
+def test_fallback_and_defaults(impl="phase"):
+  # dilation / groups / 1-D take the xla path and still match flax; defaults are flax's
+  for kw, shape in [(dict(features=4, kernel_size=(3, 3), kernel_dilation=2), (2, 9, 9, 4)),
+                    (dict(features=4, kernel_size=(3, 3), feature_group_count=2, strides=2), (2, 8, 8, 4)),
+                    (dict(features=4, kernel_size=(3,), strides=2), (2, 9, 3)),
+                    (dict(features=4, kernel_size=3), (9, 9, 3)),            # no batch dim
+                    (dict(features=4, kernel_size=(4, 4), strides=2, padding=1), (2, 3, 8, 8, 3))]:  # 2 batch dims
+    _check(nn.Conv(**kw), Conv(**kw, implementation=impl), shape)
+  _check(nn.ConvTranspose(4, (3,), strides=(2,)), ConvTranspose(4, (3,), strides=(2,), implementation=impl),
+         (2, 5, 3))
+
+
+def test_dtype_and_param_dtype():
+  kw = dict(features=4, kernel_size=(4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
+            dtype=jnp.bfloat16, param_dtype=jnp.float32)
+  x = jnp.ones((2, 4, 4, 3))
+  ref, mine = nn.ConvTranspose(**kw), ConvTranspose(**kw, implementation="phase")
+  p = ref.init(jax.random.key(0), x)
+  y_ref, y = ref.apply(p, x), mine.apply(p, x)
+  assert y.dtype == y_ref.dtype == jnp.bfloat16
+  assert _rel(y.astype(jnp.float32), y_ref.astype(jnp.float32)) < 2e-2
+
+
+def test_auto_rule_and_second_order():
+  # the cpu rule gives valid per-pass names for the DCGAN shapes
+  for kind, s, cin, cout, hw in [("convt", (1, 1), 100, 512, (1, 1)), ("convt", (2, 2), 512, 256, (4, 4)),
+                                 ("convt", (2, 2), 128, 64, (16, 16)), ("convt", (2, 2), 64, 3, (32, 32)),
+                                 ("conv", (2, 2), 3, 64, (64, 64)), ("conv", (2, 2), 64, 128, (32, 32)),
+                                 ("conv", (2, 2), 256, 512, (8, 8)), ("conv", (1, 1), 128, 128, (16, 16))]:
+    assert len(layers._resolve(layers._auto_cpu(kind, s, cin, cout, hw), kind, s, cin, cout, hw)) == 3
+  with pytest.raises(ValueError, match="implementation"):
+    Conv(4, (3, 3), implementation="fast").init(jax.random.key(0), jnp.ones((1, 4, 4, 1)))
+  # reverse-over-reverse (gradient penalties) through the custom_vjp
+  kw = dict(features=4, kernel_size=(4, 4), strides=(2, 2), padding=((1, 1), (1, 1)))
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+  ref, mine = nn.Conv(**kw), Conv(**kw, implementation="gemm/phase/xla")
+  p = ref.init(jax.random.key(0), x)
+
+  def penalty(m):
+    def f(p):
+      gx = jax.grad(lambda x: jnp.sum(jnp.tanh(m.apply(p, x))))(x)
+      return jnp.sum(gx ** 2)
+    return jax.grad(f)(p)
+
+  for a, b in zip(jax.tree.leaves(penalty(mine)), jax.tree.leaves(penalty(ref))):
+    assert _rel(a, b) < 1e-5
