@@ -30,7 +30,6 @@ flags.DEFINE_enum("search", "grid", ["grid", "random"], "grid: cross product; ra
 flags.DEFINE_integer("trials", 0, "configurations drawn by --search=random")
 flags.DEFINE_integer("search_seed", 0, "seed of --search=random")
 flags.DEFINE_integer("chunk", 0, "runs vmapped together (0: measured default per platform and model)")
-flags.DEFINE_integer("steps_per_call", 0, "steps per jitted call (0: up to the next evaluation)")
 flags.DEFINE_integer("eval_samples", 0, "samples per run at intermediate evaluations (0: --num_samples)")
 flags.DEFINE_integer("w1_samples", 1000, "exact W1 to the mixture on this many final samples per run (0: off)")
 flags.DEFINE_string("jax_cache_dir", "~/.cache/jaxgan/jax", "persistent compilation cache ('' to disable)")
@@ -62,7 +61,8 @@ def main(argv):
                                                         os.path.expanduser("~/.cache/jaxgan"))
         total = sum(len(g.runs) for g in groups)
         logging.info("%d groups, %d runs, %d steps each", len(groups), total, config.steps)
-        results = sweep.run_study(groups, chunk=FLAGS.chunk or None, steps_per_call=FLAGS.steps_per_call,
+        per_call = config.steps_per_call if config.steps_per_call > 1 else 0  # 0: up to the next evaluation
+        results = sweep.run_study(groups, chunk=FLAGS.chunk or None, steps_per_call=per_call,
                                   eval_samples=FLAGS.eval_samples, w1_samples=FLAGS.w1_samples if config.is_toy else 0,
                                   classifier_params=classifier_params, log=lambda s: logging.info("%s", s))
         study = {"command": " ".join(["launch/sweep.py"] + sys.argv[1:]), "base": dataclasses.asdict(config),

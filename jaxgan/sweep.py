@@ -1,0 +1,669 @@
+"""Studies of many GAN runs in one program: seeds x hyperparameters, vmapped in chunks.
+
+A study is a list of *groups*; a group is one compiled program (one objective, one architecture) and holds
+many *runs*, each with its own seed and its own run-time hyperparameters (``GANState.hparams``: learning
+rates through ``optax.inject_hyperparams``, penalty weight, label smoothing, instance-noise scale, EMA
+decay). Runs of a group are stacked (``jax.vmap`` of ``Experiment.init`` over keys and hparams) and trained
+with ``jax.vmap(step)`` in *chunks* of ``chunk`` runs, chunk after chunk; several steps go into one jitted
+call (``lax.scan``, toy data drawn inside from ``fold_in(data_key, t)``).
+
+Equivalence with single runs: run ``i`` starts from ``jax.random.key(seed_i)`` and sees the batches of
+``ToyData(sampler, seed_i, ...)``, exactly what ``launch/train.py --seed=seed_i`` uses. With ``chunk=1``
+(no vmap) the final parameters are bit-identical to ``launch/train.py`` on CPU (``lax.scan`` over steps
+changes nothing); with ``chunk > 1`` XLA:CPU computes the batched matmuls of the vmapped step with another
+summation order, so parameters agree to float32 rounding after one step (~1e-8) and then drift apart as
+slowly as the game's own sensitivity allows (~1e-7 after 50 steps of a small MLP GAN).
+
+Chunk size: on CPU, vmapping 4-16 small MLP GANs is ~1.3x faster than running them one after another, but
+32-64 at once is slower (0.55-0.7x; stacked activations leave the cache), and vmapping convolutional GANs
+turns every convolution into a grouped one, which XLA:CPU runs slowly (``notes/cpu-performance.md``, item
+4; ``benchmarks/sweep_speedup.py``). `default_chunk` encodes these measurements; pass ``chunk`` to override.
+
+Divergence is per run: a run whose metrics or parameters become non-finite is recorded (``diverged``,
+``diverged_step``) and the others carry on.
+
+Public API: `SweepSpec`/`parse_sweep_flag`/`parse_group_entry` (input), `plan` -> [`Group`], `run_group`
+-> `GroupResult`, `run_study`, `aggregate`, `write_outputs` (results.json, samples.npy, report.md, plots).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgan import experiment as experiment_lib
+from jaxgan.data import toy
+from jaxgan.experiment import Config, ConfigError
+from jaxgan.step import sample
+
+# Run-time hyperparameters: scalars in GANState.hparams; runs that differ only in them share one program.
+RUNTIME_HPARAMS = ("g_lr", "d_lr", "penalty_weight", "label_smoothing", "instance_noise", "ema_decay")
+# Shape-preserving fields that change the compiled program: runs that differ in them form separate groups.
+GROUP_FIELDS = ("loss", "penalty", "clip_weights", "b1", "b2", "optimizer", "lr_decay",
+                "instance_noise_anneal_steps", "ema_start")
+# Extra fields a --losses entry may set for its group (they change shapes, which is fine per group).
+GROUP_ONLY_FIELDS = ("n_critic",)
+# Fields that change array shapes or the data: never swept inside one program.
+SHAPE_FIELDS = ("batch_size", "n_critic", "width", "depth", "latent_dim", "model", "dataset", "image_size",
+                "channels", "mixture_modes", "mixture_radius", "mixture_std", "mixture_spacing", "num_samples",
+                "d_normalization", "conditional", "attention_resolution")
+_STR_FIELDS = ("loss", "penalty", "optimizer", "lr_decay")
+_INT_FIELDS = ("instance_noise_anneal_steps", "ema_start", "n_critic")
+
+
+class SweepError(ConfigError):
+    """Bad sweep input; the message names the flag and what is accepted."""
+
+
+# ----------------------------------------------------------------------------------------------- input
+
+def _parse_value(flag: str, name: str, text: str):
+    text = text.strip()
+    if name in _STR_FIELDS:
+        if not text:
+            raise SweepError(f"{flag}: empty value for {name}")
+        return text
+    try:
+        if name in _INT_FIELDS:
+            return int(text)
+        value = float(text)
+    except ValueError:
+        kind = "an integer" if name in _INT_FIELDS else "a number"
+        raise SweepError(f"{flag}: {text!r} is not {kind} (values of {name} are a comma-separated list, e.g. "
+                         f"{name}:1e-4,2e-4)") from None
+    if not math.isfinite(value):
+        raise SweepError(f"{flag}: {text!r} is not a finite number")
+    return value
+
+
+def _check_name(flag: str, name: str, allowed: Sequence[str]) -> None:
+    if name in allowed:
+        return
+    if name in SHAPE_FIELDS:
+        raise SweepError(f"{flag}: {name} changes array shapes or the data, so runs with different values cannot "
+                         f"share one program; sweepable: {', '.join(allowed)}")
+    if name == "seed":
+        raise SweepError(f"{flag}: sweep seeds with --seeds=N (seeds --seed .. --seed+N-1)")
+    if name in {f.name for f in dataclasses.fields(Config)}:
+        raise SweepError(f"{flag}: {name} is not a sweepable hyperparameter; sweepable: {', '.join(allowed)}")
+    raise SweepError(f"{flag}: unknown hyperparameter {name!r}; sweepable: {', '.join(allowed)}")
+
+
+def parse_sweep_flag(text: str) -> tuple[str, list]:
+    """``"g_lr:1e-4,2e-4"`` -> ``("g_lr", [1e-4, 2e-4])``; raises `SweepError` naming the flag."""
+    flag = f"--sweep={text}"
+    if ":" not in text:
+        raise SweepError(f"{flag}: expected NAME:V1,V2,... (e.g. --sweep=g_lr:1e-4,2e-4)")
+    name, values = text.split(":", 1)
+    name = name.strip()
+    _check_name(flag, name, RUNTIME_HPARAMS + GROUP_FIELDS)
+    parts = [v for v in values.split(",")]
+    if not values.strip() or any(not p.strip() for p in parts):
+        raise SweepError(f"{flag}: empty value in the list {values!r}")
+    parsed = [_parse_value(flag, name, p) for p in parts]
+    if len(set(parsed)) != len(parsed):
+        raise SweepError(f"{flag}: repeated value in {values!r}")
+    return name, parsed
+
+
+def parse_group_entry(text: str) -> dict[str, Any]:
+    """A ``--losses`` entry ``LOSS[+PENALTY][+FIELD=VALUE]...`` -> config overrides for one group.
+
+    E.g. ``wasserstein+gradient_penalty``, ``wasserstein+clip_weights=0.01+n_critic=5``,
+    ``non_saturating+r1+penalty_weight=1``.
+    """
+    from jaxgan import objectives
+    flag = f"--losses={text}"
+    parts = [p.strip() for p in text.split("+")]
+    if not parts[0]:
+        raise SweepError(f"{flag}: expected LOSS[+PENALTY][+FIELD=VALUE]...")
+    if parts[0] not in objectives.LOSSES:
+        raise SweepError(f"{flag}: unknown loss {parts[0]!r}; accepted: {', '.join(sorted(objectives.LOSSES))}")
+    overrides: dict[str, Any] = {"loss": parts[0]}
+    for part in parts[1:]:
+        if "=" in part:
+            name, value = (s.strip() for s in part.split("=", 1))
+            _check_name(flag, name, RUNTIME_HPARAMS + GROUP_FIELDS + GROUP_ONLY_FIELDS)
+            overrides[name] = _parse_value(flag, name, value)
+        elif part in objectives.PENALTIES:
+            overrides["penalty"] = part
+        else:
+            raise SweepError(f"{flag}: {part!r} is neither a penalty ({', '.join(sorted(objectives.PENALTIES))}) "
+                             f"nor FIELD=VALUE")
+    return overrides
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One run: its full config (seed and hyperparameter values included) and its group."""
+    index: int
+    group: str
+    config: Config
+    hparams: Mapping[str, float]  # the run-time hparams of its group's program, with this run's values
+    seed: int
+    swept: Mapping[str, Any]  # the swept values (and group overrides) that define its configuration
+
+    @property
+    def configuration(self) -> str:
+        """Name of the configuration (everything but the seed)."""
+        return ", ".join(f"{k}={v}" for k, v in self.swept.items()) or "base"
+
+
+@dataclasses.dataclass
+class Group:
+    """Runs that share one compiled program."""
+    name: str
+    config: Config  # the program's config (hparam keys present; values are the first run's)
+    runs: list[RunSpec]
+
+
+def _replace(config: Config, values: Mapping[str, Any], flag: str) -> Config:
+    try:
+        new = dataclasses.replace(config, **values)
+        experiment_lib.validate(new)
+    except ConfigError as e:
+        raise SweepError(f"{flag}: {e}") from None
+    return new
+
+
+def plan(base: Config, *, seeds: int | Sequence[int], sweep: Sequence[tuple[str, Sequence]] = (),
+         groups: Sequence[str | Mapping[str, Any]] = (), search: str = "grid", trials: int = 0,
+         search_seed: int = 0) -> list[Group]:
+    """Expands a study into groups of runs.
+
+    Args:
+      base: the config every run starts from.
+      seeds: N (seeds ``base.seed .. base.seed + N - 1``) or an explicit list.
+      sweep: ``[(name, values)]`` from `parse_sweep_flag`. Run-time hparams are crossed inside a group;
+        `GROUP_FIELDS` are crossed as separate groups.
+      groups: ``--losses`` entries (strings or override dicts); empty: one group of ``base``.
+      search: ``"grid"`` (full cross product) or ``"random"``: ``trials`` draws of the run-time hparams, each
+        log-uniform between the min and max of its values (uniform if the min is 0); group fields stay a grid.
+    Returns the groups, runs numbered 0.. in order (group, hparam combination, seed).
+    """
+    seed_list = list(range(base.seed, base.seed + int(seeds))) if isinstance(seeds, int) else list(seeds)
+    if not seed_list:
+        raise SweepError(f"--seeds must be >= 1, got {seeds}")
+    names = [n for n, _ in sweep]
+    if len(set(names)) != len(names):
+        raise SweepError(f"--sweep: hyperparameter given twice: {sorted(n for n in set(names) if names.count(n) > 1)}")
+    runtime = [(n, v) for n, v in sweep if n in RUNTIME_HPARAMS]
+    static = [(n, v) for n, v in sweep if n not in RUNTIME_HPARAMS]
+    entries = [parse_group_entry(g) if isinstance(g, str) else dict(g) for g in groups] or [{}]
+    entry_names = [g if isinstance(g, str) else "+".join(f"{k}={v}" for k, v in g.items()) for g in groups] or [""]
+    if search == "grid":
+        combos = [dict(zip([n for n, _ in runtime], c)) for c in itertools.product(*[v for _, v in runtime])]
+    elif search == "random":
+        if trials < 1:
+            raise SweepError(f"--search=random needs --trials >= 1, got {trials}")
+        rng = np.random.default_rng(search_seed)
+        combos = []
+        for _ in range(trials):
+            combo = {}
+            for n, v in runtime:
+                lo, hi = float(min(v)), float(max(v))
+                combo[n] = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if lo > 0 else float(rng.uniform(lo, hi))
+            combos.append(combo)
+    else:
+        raise SweepError(f"--search={search!r} is not one of grid, random")
+    out: list[Group] = []
+    index = 0
+    for entry, entry_name in zip(entries, entry_names):
+        for static_combo in itertools.product(*[v for _, v in static]):
+            static_values = dict(zip([n for n, _ in static], static_combo))
+            overrides = {**entry, **static_values}
+            flag = f"--losses={entry_name}" if entry_name else "--sweep"
+            group_config = _replace(base, overrides, flag)
+            # The program must hold every swept run-time hparam: build it with a non-zero value where any run has one.
+            program_values = {}
+            for n, v in runtime:
+                nonzero = [x for x in ([c[n] for c in combos]) if x]
+                program_values[n] = nonzero[0] if nonzero else combos[0][n]
+            program_config = _replace(group_config, program_values, "--sweep")
+            keys = _program_hparams(program_config)
+            for n, _ in runtime:
+                if n not in keys:
+                    raise SweepError(f"--sweep={n}: has no effect on group {entry_name or program_config.loss!r} "
+                                     f"(its run-time hyperparameters are {', '.join(sorted(keys))}); e.g. "
+                                     f"penalty_weight needs a --penalty, label_smoothing a JSD loss")
+            name = "+".join([entry_name] * bool(entry_name) + [f"{k}={v}" for k, v in static_values.items()]) or \
+                program_config.loss
+            runs = []
+            for combo in combos:
+                run_config = _replace(group_config, combo, "--sweep")
+                hparams = {k: float(combo.get(k, getattr(run_config, k, v))) for k, v in keys.items()}
+                swept = {**({"group": name} if len(entries) > 1 or static else {}), **combo}
+                for seed in seed_list:
+                    runs.append(RunSpec(index, name, dataclasses.replace(run_config, seed=seed), hparams, seed, swept))
+                    index += 1
+            out.append(Group(name, program_config, runs))
+    names = [g.name for g in out]
+    if len(set(names)) != len(names):
+        raise SweepError(f"--losses: repeated group {sorted(n for n in set(names) if names.count(n) > 1)}")
+    return out
+
+
+def _program_hparams(config: Config) -> dict[str, float]:
+    objective = experiment_lib.build_objective(config)
+    return experiment_lib.initial_hparams(config, objective)
+
+
+# ----------------------------------------------------------------------------------------------- chunks
+
+def default_chunk(platform: str, model: str, runs: int) -> int:
+    """Runs vmapped together, from measurements (``benchmarks/sweep_speedup.py``, notes/cpu-performance.md).
+
+    CPU: 8 for MLP GANs (1.3-1.4x over sequential at 4-16, 0.55-0.7x at 32-64); 1 for convolutional GANs
+    (vmapped convolutions become grouped convolutions, 0.2-0.8x). Accelerators: all runs for MLPs (a 64-run
+    chunk fills a GPU far better than one small MLP), 16 for convolutional GANs (memory).
+    """
+    if platform == "cpu":
+        chunk = 8 if model == "mlp" else 1
+    else:
+        chunk = 256 if model == "mlp" else 16
+    return max(1, min(chunk, runs))
+
+
+@dataclasses.dataclass
+class GroupResult:
+    """Per-run outcomes of a group, in the order of ``group.runs``."""
+    group: Group
+    final_params: Any  # stacked (numpy) pytree of G params (EMA where on), leading axis = runs
+    final_d_params: Any
+    samples: np.ndarray  # [runs, num_samples, ...]
+    evals: list[list[dict]]  # per run: [{"step": s, metric: value, ...}]
+    diverged_step: list[int | None]  # first step whose metrics/params were non-finite
+    seconds: float  # training wall time (compilation included)
+    model_steps: int  # runs x steps (padding excluded)
+    chunk: int
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _slice(tree, i):
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def _eval_points(steps: int, every: int) -> list[int]:
+    return sorted(set(list(range(every, steps + 1, every)) + [steps]))
+
+
+class _Evaluator:
+    """Final / periodic sample metrics: mode coverage for 2D mixtures, classes covered for digits."""
+
+    def __init__(self, exp, config: Config, num_samples: int, classifier_params=None, w1_samples: int = 0):
+        self.exp, self.config = exp, config
+        self.num_samples = num_samples
+        self.classifier_params = classifier_params
+        self.w1_samples = w1_samples
+        gen = exp.generator
+
+        def draw(params, model_state, key):
+            return sample(gen, params, model_state, key, num_samples, num_classes=exp.num_classes)
+        self._draw = jax.jit(jax.vmap(draw))
+        self._draw_one = jax.jit(draw)
+
+    def samples(self, params, model_state, keys, vmapped: bool) -> np.ndarray:
+        if vmapped:
+            return np.asarray(self._draw(params, model_state, keys))
+        return np.asarray(self._draw_one(params, model_state, keys))[None]
+
+    def metrics(self, x: np.ndarray, seed: int, final: bool) -> dict[str, float]:
+        mixture = self.exp.mixture
+        out: dict[str, float] = {}
+        if mixture is not None:
+            from jaxgan.metrics import modes
+            m = modes.mode_metrics(x, mixture.means, mixture.std)
+            out = {k: float(m[k]) for k in ("modes_captured", "high_quality_fraction", "reverse_kl")}
+            if final and self.w1_samples:
+                out["w1"] = float(modes.wasserstein1_to_mixture(x, mixture.means, mixture.std, seed=seed,
+                                                                n=min(self.w1_samples, x.shape[0])))
+        elif self.classifier_params is not None:
+            from jaxgan.metrics import classifier
+            finite = np.all(np.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+            if finite.any():
+                logits = classifier.classifier_logits(self.classifier_params, np.clip(x[finite], -1, 1))
+                out["classes_covered"] = float(classifier.classes_covered(logits))
+            else:
+                out["classes_covered"] = 0.0
+        return out
+
+
+def _sample_params(state):
+    return state.g_ema_params if "ema_decay" in state.hparams else state.g.params
+
+
+def make_trainer(exp, config: Config, vmapped: bool) -> Callable:
+    """``train(state, data_keys, t0, batches, length=L) -> (state, metrics [L, ...])``, jitted, state donated.
+
+    Runs steps ``t0 .. t0+L-1`` under `lax.scan`; with ``vmapped`` the state, ``data_keys`` and ``batches``
+    carry a leading runs axis. For toy data pass ``batches=None``: the batch of step t is drawn inside from
+    ``fold_in(data_key, t)`` exactly as `jaxgan.training.ToyData` does; for image data pass host batches
+    ``{"x": [L, (runs,) n_critic, B, ...], ...}``.
+    """
+    raw_step = exp.train_step()
+    n_critic, batch_size = config.n_critic, config.batch_size
+    sampler = None
+    if config.is_toy:
+        sampler, _ = toy.toy_sampler(config.dataset, **experiment_lib.toy_mixture_options(config))
+
+    def one_step(state, data_key, t, batch):
+        if batch is None:  # toy data: the batch of step t of ToyData(seed)
+            x = sampler(jax.random.fold_in(data_key, t), n_critic * batch_size).reshape(n_critic, batch_size, -1)
+            batch = {"x": x}
+        return raw_step(state, batch)
+
+    per_run = jax.vmap(one_step, in_axes=(0, 0, None, 0)) if vmapped else one_step
+
+    def train_calls(state, data_keys, t0, batches, length):
+        def body(carry, inputs):
+            t, batch = inputs
+            return per_run(carry, data_keys, t, batch)
+        return jax.lax.scan(body, state, (t0 + jnp.arange(length), batches), length=length)
+
+    return jax.jit(train_calls, static_argnames="length", donate_argnums=0)
+
+
+def run_group(group: Group, *, chunk: int | None = None, steps_per_call: int = 0, eval_every: int = 0,
+              num_samples: int | None = None, eval_samples: int = 0, w1_samples: int = 0, classifier_params=None,
+              log: Callable[[str], None] | None = None) -> GroupResult:
+    """Trains every run of ``group``, ``chunk`` runs at a time (vmapped), chunk after chunk.
+
+    Args:
+      chunk: runs per vmapped chunk; None: `default_chunk`. 1 runs each run without vmap (bit-identical to
+        ``launch/train.py``). The last chunk is padded with copies of its last run (their results dropped) so
+        every chunk uses the same compiled program.
+      steps_per_call: steps per jitted call (``lax.scan``); 0: up to the next evaluation (toy data) or 25
+        (image data, whose batches come from the host).
+      eval_every: steps between evaluations (training metrics of that step + sample metrics); 0: config.log_every.
+      num_samples: final samples per run (samples.npy and final metrics); None: config.num_samples for 2D data,
+        256 for images.
+      eval_samples: samples per run at intermediate evaluations; 0: as ``num_samples``.
+      w1_samples: if > 0, the final metrics of 2D runs include the exact W1 to the mixture on that many samples.
+      classifier_params: a `jaxgan.metrics.classifier` model for ``classes_covered`` on digit images.
+    """
+    config = group.config
+    log = log or (lambda s: None)
+    data_probe = None if config.is_toy else _image_data(group.runs[0].config)
+    exp = experiment_lib.build(config, num_classes=0 if config.is_toy else data_probe.num_classes)
+    runs = group.runs
+    platform = jax.default_backend()
+    chunk = default_chunk(platform, config.model, len(runs)) if not chunk else max(1, min(int(chunk), len(runs)))
+    vmapped = chunk > 1
+    steps = config.steps
+    eval_every = eval_every or config.log_every
+    points = _eval_points(steps, eval_every)
+    if num_samples is None:
+        num_samples = config.num_samples if config.is_toy else 256
+    eval_samples = eval_samples or num_samples
+    final_eval = _Evaluator(exp, config, num_samples, classifier_params, w1_samples)
+    mid_eval = final_eval if eval_samples == num_samples else _Evaluator(exp, config, eval_samples, classifier_params)
+    if not steps_per_call:
+        steps_per_call = eval_every if config.is_toy else 25
+    train_fn = make_trainer(exp, config, vmapped)
+
+    hparam_names = list(runs[0].hparams)
+    init_one = jax.jit(exp.init)
+    init_many = jax.jit(jax.vmap(exp.init))
+
+    results_params, results_d, samples_all = [None] * len(runs), [None] * len(runs), [None] * len(runs)
+    evals: list[list[dict]] = [[] for _ in runs]
+    diverged: list[int | None] = [None] * len(runs)
+    start_time = time.perf_counter()
+    for c0 in range(0, len(runs), chunk):
+        members = list(range(c0, min(c0 + chunk, len(runs))))
+        padded = members + [members[-1]] * (chunk - len(members))
+        keys = [jax.random.key(runs[i].seed) for i in padded]
+        data_keys = [jax.random.fold_in(k, 0x5EED) for k in keys]
+        latent_keys = [jax.random.fold_in(k, 7) for k in keys]  # training.py's latents_key
+        if vmapped:
+            hp = {n: jnp.asarray([runs[i].hparams[n] for i in padded], jnp.float32) for n in hparam_names}
+            state = init_many(jnp.stack(keys), hp)
+            dkeys, lkeys = jnp.stack(data_keys), jnp.stack(latent_keys)
+        else:
+            state = init_one(keys[0], dict(runs[padded[0]].hparams))
+            dkeys, lkeys = data_keys[0], latent_keys[0]
+        iters = None if config.is_toy else [_image_data(runs[i].config) for i in padded]
+        t = 0
+        for point in points:
+            metrics_last = None
+            while t < point:
+                length = min(steps_per_call, point - t)
+                batches = None
+                if iters is not None:
+                    per = [[next(it) for _ in range(length)] for it in iters]  # [runs][length]
+                    stacked = [_stack([jax.tree.map(jnp.asarray, b) for b in run_batches]) for run_batches in per]
+                    batches = jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *stacked) if vmapped else stacked[0]
+                state, metrics = train_fn(state, dkeys, jnp.asarray(t, jnp.int32), batches, length=length)
+                metrics = jax.device_get(metrics)
+                finite = np.asarray(metrics["finite"]).reshape(length, -1)  # [length, runs]
+                for j, i in enumerate(members):
+                    bad = np.nonzero(finite[:, j] < 1)[0]
+                    if diverged[i] is None and bad.size:
+                        diverged[i] = t + int(bad[0]) + 1
+                metrics_last = {k: np.asarray(v)[-1].reshape(-1) for k, v in metrics.items()}
+                t += length
+            x = (final_eval if point == steps else mid_eval).samples(_sample_params(state), state.g.model_state,
+                                                                     lkeys, vmapped)
+            for j, i in enumerate(members):
+                record = {"step": point, **{k: float(v[j]) for k, v in metrics_last.items()}}
+                record.update((final_eval if point == steps else mid_eval).metrics(x[j], runs[i].seed,
+                                                                                  point == steps))
+                evals[i].append(record)
+                if point == steps:
+                    samples_all[i] = x[j]
+            log(f"group {group.name}: runs {members[0]}-{members[-1]} of {len(runs)}, step {point}/{steps}")
+        host = jax.device_get((_sample_params(state), state.d.params))
+        for j, i in enumerate(members):
+            results_params[i] = host[0] if not vmapped else _slice(host[0], j)
+            results_d[i] = host[1] if not vmapped else _slice(host[1], j)
+    seconds = time.perf_counter() - start_time
+    stack_np = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)  # noqa: E731
+    return GroupResult(group, stack_np(results_params), stack_np(results_d), np.stack(samples_all), evals, diverged,
+                       seconds, len(runs) * steps, chunk)
+
+
+def _image_data(config: Config):
+    from jaxgan.training import make_data
+    return make_data(config)
+
+
+def digits_classifier(image_size: int, channels: int, cache_dir: str | os.PathLike | None = None):
+    """A `jaxgan.metrics.classifier` CNN trained on scikit-learn digits (cached as .npz); None if not 1 channel."""
+    from jaxgan.metrics import classifier
+    if channels != 1:
+        return None
+    path = None
+    if cache_dir is not None:
+        path = pathlib.Path(cache_dir) / f"digits_classifier_{image_size}.npz"
+        if path.exists():
+            return classifier.load_params(path)
+    split = classifier.load_digits_split(image_size)
+    params, _ = classifier.train_classifier(split.train_images, split.train_labels, num_classes=10, steps=400)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        classifier.save_params(path, params)
+    return params
+
+
+def run_study(groups: Sequence[Group], **kwargs) -> list[GroupResult]:
+    """`run_group` on every group, one after another."""
+    return [run_group(g, **kwargs) for g in groups]
+
+
+# ------------------------------------------------------------------------------------------- aggregation
+
+# Metrics summarised in the report, in this order, with display names and scale (x100 for percentages).
+REPORT_METRICS = (("modes_captured", "modes", 1.0), ("high_quality_fraction", "% HQ", 100.0),
+                  ("reverse_kl", "rev. KL", 1.0), ("w1", "W1", 1.0), ("classes_covered", "classes", 1.0))
+
+
+def _finite_or_none(v):
+    return float(v) if isinstance(v, (int, float, np.floating)) and math.isfinite(float(v)) else None
+
+
+def results_records(results: Sequence[GroupResult]) -> list[dict]:
+    """One JSON-ready record per run (non-finite numbers become null)."""
+    records = []
+    for res in results:
+        for i, run in enumerate(res.group.runs):
+            final = res.evals[i][-1] if res.evals[i] else {}
+            records.append({
+                "run": run.index, "group": run.group, "configuration": run.configuration, "seed": run.seed,
+                "loss": run.config.loss, "penalty": run.config.penalty,
+                "hparams": dict(run.hparams), "swept": dict(run.swept),
+                "diverged": res.diverged_step[i] is not None, "diverged_step": res.diverged_step[i],
+                "final": {k: _finite_or_none(v) for k, v in final.items() if k != "step"},
+                "evals": [{k: (v if k == "step" else _finite_or_none(v)) for k, v in e.items()} for e in res.evals[i]],
+            })
+    return records
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean and standard error (sample std with ddof=1 over sqrt(n); 0 for one value) of the finite values."""
+    a = np.asarray([v for v in values if v is not None and math.isfinite(v)], np.float64)
+    if a.size == 0:
+        return math.nan, math.nan, 0
+    se = float(np.std(a, ddof=1) / np.sqrt(a.size)) if a.size > 1 else 0.0
+    return float(np.mean(a)), se, int(a.size)
+
+
+def aggregate(records: Sequence[dict]) -> list[dict]:
+    """Per configuration (in first-seen order): runs, diverged, and mean/s.e. of each final metric."""
+    configs: dict[str, list[dict]] = {}
+    for r in records:
+        configs.setdefault(r["configuration"], []).append(r)
+    rows = []
+    for name, rs in configs.items():
+        row = {"configuration": name, "runs": len(rs), "diverged": sum(r["diverged"] for r in rs)}
+        for key, _, _ in REPORT_METRICS:
+            vals = [r["final"].get(key) for r in rs]
+            if any(v is not None for v in vals):
+                row[key] = mean_se(vals)
+        rows.append(row)
+    return rows
+
+
+def format_report(records: Sequence[dict], study: Mapping[str, Any], results: Sequence[GroupResult] = ()) -> str:
+    rows = aggregate(records)
+    keys = [k for k, _, _ in REPORT_METRICS if any(k in r for r in rows)]
+    labels = {k: (lab, sc) for k, lab, sc in REPORT_METRICS}
+    lines = ["# Sweep report", ""]
+    lines.append(f"Base config: `{json.dumps(study.get('base', {}), sort_keys=True)}`" if study.get("base") else "")
+    for k in ("command", "seeds", "steps", "sweep", "losses", "search", "platform"):
+        if study.get(k) not in (None, "", []):
+            lines.append(f"- {k}: `{study[k]}`")
+    for res in results:
+        lines.append(f"- group `{res.group.name}`: {len(res.group.runs)} runs, chunk {res.chunk}, "
+                     f"{res.seconds:.1f} s ({res.model_steps / max(res.seconds, 1e-9):.0f} model-steps/s incl. "
+                     f"compilation)")
+    lines += ["", "Final metrics, mean ± standard error over seeds (s.e. = sample std / sqrt(n)); diverged runs "
+              "count with the metrics of their non-finite samples (0 modes, 0 % HQ).", ""]
+    header = ["configuration", "runs", "diverged"] + [labels[k][0] for k in keys]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for r in rows:
+        cells = [r["configuration"], str(r["runs"]), str(r["diverged"])]
+        for k in keys:
+            if k not in r:
+                cells.append("–")
+                continue
+            m, se, _ = r[k]
+            sc = labels[k][1]
+            cells.append(f"{m * sc:.3f} ± {se * sc:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(line for line in lines if line is not None) + "\n"
+
+
+def plot_curves(records: Sequence[dict], out_png: str | os.PathLike,
+                metrics: Sequence[str] = ("modes_captured", "high_quality_fraction", "reverse_kl", "d/total",
+                                          "g/total", "g/grad_norm")) -> None:
+    """Per configuration, the mean of each metric over seeds with a ± 1 std band (spread of the runs).
+
+    Gradient norms are drawn on a log scale.
+    """
+    from jaxgan import logging as log_lib
+    configs: dict[str, list[dict]] = {}
+    for r in records:
+        configs.setdefault(r["configuration"], []).append(r)
+    metrics = [m for m in metrics if any(m in e for r in records for e in r["evals"])]
+    if not metrics:
+        return
+    fig, axes = log_lib._new_figure(1, len(metrics), (4.2, 3.4))
+    for ax, m in zip(axes[0], metrics):
+        for name, rs in configs.items():
+            steps = [e["step"] for e in rs[0]["evals"]]
+            vals = np.asarray([[np.nan if e.get(m) is None else e[m] for e in r["evals"]] for r in rs], np.float64)
+            with np.errstate(all="ignore"):
+                import warnings
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    mean, std = np.nanmean(vals, 0), np.nanstd(vals, 0)
+            ax.plot(steps, mean, label=name, linewidth=1.0)
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        ax.set_title(m, fontsize="small")
+        if m.endswith("grad_norm"):
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+    if len(configs) <= 12:
+        axes[0][0].legend(fontsize="x-small")
+    fig.tight_layout()
+    log_lib._save_figure(fig, out_png)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in name)[:120] or "base"
+
+
+def write_outputs(workdir: str | os.PathLike, results: Sequence[GroupResult], study: Mapping[str, Any],
+                  *, max_panels: int = 16) -> list[dict]:
+    """Writes results.json, samples.npy, report.md, curves.png and sample plots; returns the records."""
+    from jaxgan import logging as log_lib
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    records = results_records(results)
+    payload = {"study": dict(study), "runs": records}
+    tmp = workdir / "results.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=1, allow_nan=False))
+    os.replace(tmp, workdir / "results.json")
+    shapes = {r.samples.shape[1:] for r in results}
+    if len(shapes) == 1:
+        np.save(workdir / "samples.npy", np.concatenate([r.samples for r in results]))
+    else:  # groups with different sample shapes cannot share one array
+        for r in results:
+            np.save(workdir / f"samples_{_slug(r.group.name)}.npy", r.samples)
+    (workdir / "report.md").write_text(format_report(records, study, results))
+    plot_curves(records, workdir / "curves.png")
+    (workdir / "samples").mkdir(exist_ok=True)
+    for res in results:
+        by_config: dict[str, list[int]] = {}
+        for i, run in enumerate(res.group.runs):
+            by_config.setdefault(run.configuration, []).append(i)
+        for name, idx in by_config.items():
+            idx = idx[:max_panels]
+            x = res.samples[idx]
+            path = workdir / "samples" / f"{_slug(name)}.png"
+            if x.ndim == 3 and x.shape[-1] == 2:
+                means = experiment_lib.build(res.group.config).mixture
+                titles = []
+                for i in idx:
+                    final = res.evals[i][-1]
+                    tag = f" {final['modes_captured']:.0f} modes" if "modes_captured" in final else ""
+                    titles.append(f"seed {res.group.runs[i].seed}{tag}")
+                log_lib.plot_samples_2d(x, path, means=None if means is None else means.means, titles=titles)
+            elif x.ndim == 5:
+                log_lib.save_image_grid(path, np.clip(np.nan_to_num(x[:, :8].reshape((-1,) + x.shape[2:])), -1, 1),
+                                        ncols=8)
+    return records
