@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 
 REDUCTIONS = ("sum_by_nonzero_weights", "mean", "sum", "none")
@@ -234,7 +235,7 @@ class FDivergence(NamedTuple):
     conjugate: Callable[[jax.Array], jax.Array]
 
 
-_LOG2 = jnp.log(2.0)
+_LOG2 = np.float32(np.log(2.0))  # numpy, not jnp: importing jaxgan must not start the JAX backend (jax.distributed)
 
 F_DIVERGENCES = {
     # f(u) = u log u
