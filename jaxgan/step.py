@@ -39,6 +39,13 @@ def _apply(module: nn.Module, params, model_state, inputs, labels, train: bool):
     return module.apply(variables, inputs, labels, train=train), model_state
 
 
+def _float32(module: nn.Module) -> nn.Module:
+    """The module computing in float32 (same parameters): gradient penalties differentiate D's input gradient,
+    which a bfloat16 ``compute_dtype`` would make too coarse."""
+    dtype = getattr(module, "dtype", None)
+    return module if dtype is None or jnp.dtype(dtype) == jnp.float32 else module.clone(dtype=jnp.float32)
+
+
 def _pmean(tree, axis_name):
     return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
@@ -75,6 +82,7 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module, objective: O
     if n_critic < 1:
         raise ValueError(f"n_critic must be >= 1, got {n_critic}")
     latent_dim = generator.latent_dim
+    penalty_discriminator = _float32(discriminator)  # penalties run D in float32 (see `_float32`)
 
     def sample_latents(key, batch_size):
         # Under a data axis every device holds the same key: draw the *global* batch of latents and keep this
@@ -123,8 +131,8 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module, objective: O
                 real_out, new_state = _apply(discriminator, d_params, d_state, real, real_labels, True)
                 fake_out, new_state = _apply(discriminator, d_params, new_state, fake, fake_labels, True)
 
-            def d_fn(x):  # penalties: inference mode; labels follow the batch they are evaluated on
-                return _apply(discriminator, d_params, new_state, x, real_labels, False)[0]
+            def d_fn(x):  # penalties: inference mode, float32; labels follow the batch they are evaluated on
+                return _apply(penalty_discriminator, d_params, new_state, x, real_labels, False)[0]
 
             inputs = TermInputs(real_out, fake_out, real, fake, d_fn, k_terms, state.hparams)
             total, values = objective.evaluate("d", inputs)
@@ -161,7 +169,7 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module, objective: O
                 real_out, _ = _apply(discriminator, d.params, d.model_state, real, real_labels, True)
 
             def d_fn(x):
-                return _apply(discriminator, d.params, d.model_state, x, fake_labels, False)[0]
+                return _apply(penalty_discriminator, d.params, d.model_state, x, fake_labels, False)[0]
 
             inputs = TermInputs(real_out, fake_out, real, noisy_fake, d_fn, k_terms, state.hparams)
             total, values = objective.evaluate("g", inputs)
@@ -211,6 +219,41 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module, objective: O
 
     return step
 
+
+
+def make_multi_step(step: Callable, num_steps: int, *, unroll: bool = False) -> Callable:
+    """``num_steps`` consecutive calls of ``step`` as one function, to run them in one jitted call.
+
+    ``step(state, batch, *carry) -> (state, metrics, *carry)`` (e.g. `make_train_step`'s step, or
+    `jaxgan.reliability.guard_step`'s, which carries a NaN record). The result takes ``batches`` stacked on a new
+    leading axis of length ``num_steps`` and returns the state and carry after the last step and the *last* step's
+    metrics, exactly what ``num_steps`` separate calls would have produced.
+
+    ``unroll=False`` runs the steps under `lax.scan` (one copy of the step in the program: fast to compile; the
+    right choice for MLPs, where per-call dispatch dominates). ``unroll=True`` inlines ``num_steps`` copies:
+    compile time grows with ``num_steps``, but XLA:CPU runs convolutions inside a while loop much more slowly,
+    so on CPU conv models should use it (or ``num_steps=1``). Measure: ``benchmarks/step_throughput.py
+    --steps_per_call``.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+
+    def multi(state, batches, *carry):
+        if unroll:
+            metrics = None
+            for i in range(num_steps):
+                state, metrics, *carry = step(state, jax.tree.map(lambda b: b[i], batches), *carry)
+            return (state, metrics, *carry)
+
+        def body(c, batch):
+            s, rest = c
+            s, m, *rest = step(s, batch, *rest)
+            return (s, tuple(rest)), m
+
+        (state, carry), metrics = jax.lax.scan(body, (state, tuple(carry)), batches, length=num_steps)
+        return (state, jax.tree.map(lambda m: m[-1], metrics), *carry)
+
+    return multi
 
 def sample(generator: nn.Module, params, model_state, key: jax.Array, num: int, *, labels=None,
            num_classes: int = 0, truncation: float | None = None) -> jax.Array:

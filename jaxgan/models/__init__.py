@@ -68,21 +68,24 @@ def build_models(config, data_shape: tuple[int, ...], num_classes: int, *, axis_
         return (MLPGenerator(latent_dim=latent_dim, output_dim=data_shape[-1], hidden=hidden, num_classes=num_classes),
                 MLPDiscriminator(hidden=hidden, num_classes=num_classes))
     size, channels = data_shape[0], data_shape[-1]
+    import jax.numpy as jnp
+    dtype = jnp.dtype(getattr(config, "compute_dtype", "float32") or "float32")  # params stay float32
     if name == "dcgan":
         from jaxgan.models.dcgan import DCGANDiscriminator, DCGANGenerator
         return (DCGANGenerator(latent_dim=latent_dim, image_size=size, channels=channels, num_classes=num_classes,
-                               ngf=width, bn_axis_name=axis_name),
+                               ngf=width, bn_axis_name=axis_name, dtype=dtype),
                 DCGANDiscriminator(image_size=size, channels=channels, num_classes=num_classes, ndf=width,
-                                   normalization=config.d_normalization or "batch_norm", bn_axis_name=axis_name))
+                                   normalization=config.d_normalization or "batch_norm", bn_axis_name=axis_name,
+                                   dtype=dtype))
     from jaxgan.models import resnet
     attention = None
     if name == "sagan":
         attention = config.attention_resolution or max(r for r in attention_resolutions(size) if r <= 32)
     return (resnet.ResNetGenerator(latent_dim=latent_dim, image_size=size, channels=channels,
                                    num_classes=num_classes, ch=width, attention_resolution=attention,
-                                   spectral_norm=name == "sagan", bn_axis_name=axis_name),
+                                   spectral_norm=name == "sagan", bn_axis_name=axis_name, dtype=dtype),
             resnet.ResNetDiscriminator(image_size=size, channels=channels, num_classes=num_classes, ch=width,
-                                       attention_resolution=attention))
+                                       attention_resolution=attention, dtype=dtype))
 
 
 def discriminator_uses_batch_norm(discriminator: Any) -> bool:

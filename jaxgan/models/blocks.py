@@ -13,6 +13,8 @@ Conventions (the whole ``jaxgan.models`` package follows them):
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -39,11 +41,11 @@ def sn_apply(layer: nn.Module, x, *, spectral_norm: bool, train: bool, name: str
 
 
 def conv(features: int, kernel: int, *, name: str, use_bias: bool = True, kernel_init=None,
-         padding="SAME") -> nn.Module:
-    """A stride-1 ``layers.Conv`` with a square kernel."""
+         padding="SAME", dtype: Any = jnp.float32) -> nn.Module:
+    """A stride-1 ``layers.Conv`` with a square kernel; ``dtype`` is the compute dtype (params stay float32)."""
     kw = {} if kernel_init is None else {"kernel_init": kernel_init}
     return layers.Conv(features, (kernel, kernel), strides=(1, 1), padding=padding,
-                       use_bias=use_bias, name=name, **kw)
+                       use_bias=use_bias, name=name, dtype=dtype, **kw)
 
 
 def _max_pool2(x):
@@ -69,6 +71,7 @@ class SelfAttention(nn.Module):
     spectral_norm: bool = True
     pool_keys: bool = True
     kernel_init: nn.initializers.Initializer = nn.initializers.xavier_uniform()
+    dtype: Any = jnp.float32  # compute dtype; the softmax runs in float32
 
     @nn.compact
     def __call__(self, x, *, train: bool):
@@ -79,7 +82,7 @@ class SelfAttention(nn.Module):
             raise ValueError(f"SelfAttention with pool_keys=True needs even H and W, got {(hgt, wid)}")
 
         def c1x1(feats, name, inp):
-            layer = conv(feats, 1, name=name, use_bias=False, kernel_init=self.kernel_init)
+            layer = conv(feats, 1, name=name, use_bias=False, kernel_init=self.kernel_init, dtype=self.dtype)
             return sn_apply(layer, inp, spectral_norm=self.spectral_norm, train=train)
 
         f = c1x1(c // 8, "theta", x)
@@ -90,11 +93,11 @@ class SelfAttention(nn.Module):
         f = f.reshape(b, hgt * wid, c // 8)
         g = g.reshape(b, -1, c // 8)
         h = h.reshape(b, -1, c // 2)
-        attn = jax.nn.softmax(jnp.einsum("bqc,bkc->bqk", f, g), axis=-1)
+        attn = jax.nn.softmax(jnp.einsum("bqc,bkc->bqk", f, g).astype(jnp.float32), axis=-1).astype(h.dtype)
         o = jnp.einsum("bqk,bkc->bqc", attn, h).reshape(b, hgt, wid, c // 2)
         o = c1x1(c, "o", o)
         gamma = self.param("gamma", nn.initializers.zeros, (), jnp.float32)
-        return x + gamma * o
+        return x + gamma.astype(o.dtype) * o
 
 
 class ConditionalBatchNorm(nn.Module):
@@ -117,12 +120,13 @@ class ConditionalBatchNorm(nn.Module):
     momentum: float = BN_MOMENTUM
     epsilon: float = BN_EPSILON
     axis_name: str | None = None
+    dtype: Any = jnp.float32  # compute dtype (statistics are reduced in float32)
 
     @nn.compact
     def __call__(self, x, cond, *, train: bool):
         c = x.shape[-1]
         x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon,
-                         use_scale=False, use_bias=False, axis_name=self.axis_name, name="bn")(x)
+                         use_scale=False, use_bias=False, axis_name=self.axis_name, dtype=self.dtype, name="bn")(x)
         cond = jnp.asarray(cond)
         if jnp.issubdtype(cond.dtype, jnp.integer):
             if self.num_classes <= 0:
@@ -143,7 +147,7 @@ class ConditionalBatchNorm(nn.Module):
         gamma = 1.0 + dgamma
         self.sow("intermediates", "scale", gamma)
         self.sow("intermediates", "offset", beta)
-        return x * gamma[:, None, None, :] + beta[:, None, None, :]
+        return x * gamma[:, None, None, :].astype(x.dtype) + beta[:, None, None, :].astype(x.dtype)
 
 
 def check_labels(labels, num_classes: int, batch: int, who: str):

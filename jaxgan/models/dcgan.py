@@ -29,6 +29,7 @@ each side of the dilated input, hence ``((2, 2), (2, 2))`` below for k=4, p=1.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -66,6 +67,8 @@ class DCGANGenerator(nn.Module):
       num_classes: 0 = unconditional; otherwise one_hot(labels) is concatenated to z.
       ngf: width; G's widths are ngf * (2**(n-1), ..., 2, 1).
       bn_axis_name: passed to BatchNorm's ``axis_name`` (the data-parallel axis inside shard_map).
+      dtype: compute dtype of the convolutions and activations (e.g. ``jnp.bfloat16``); parameters stay
+        float32, BatchNorm statistics are reduced in float32 and the output images are float32.
     """
 
     latent_dim: int = 100
@@ -74,6 +77,7 @@ class DCGANGenerator(nn.Module):
     num_classes: int = 0
     ngf: int = 64
     bn_axis_name: str | None = None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, z, labels=None, *, train: bool):
@@ -81,27 +85,28 @@ class DCGANGenerator(nn.Module):
         if z.ndim != 2 or z.shape[-1] != self.latent_dim:
             raise ValueError(f"DCGANGenerator expects z [B, {self.latent_dim}], got {list(z.shape)}")
         labels = check_labels(labels, self.num_classes, z.shape[0], "DCGANGenerator")
-        h = z.astype(jnp.float32)
+        h = z.astype(self.dtype)
         if labels is not None:
             h = jnp.concatenate([h, nn.one_hot(labels, self.num_classes, dtype=h.dtype)], axis=-1)
         h = h[:, None, None, :]
 
         def bn_relu(x, name):
             x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                             scale_init=_bn_scale_init, axis_name=self.bn_axis_name, name=name)(x)
+                             scale_init=_bn_scale_init, axis_name=self.bn_axis_name, dtype=self.dtype,
+                             name=name)(x)
             return nn.relu(x)
 
         h = layers.ConvTranspose(self.ngf * 2 ** (n - 1), (base, base), strides=(1, 1), padding="VALID",
-                                 use_bias=False, kernel_init=_CONV_INIT, name="up0")(h)
+                                 use_bias=False, kernel_init=_CONV_INIT, dtype=self.dtype, name="up0")(h)
         h = bn_relu(h, "bn0")
         for i in range(1, n + 1):
             last = i == n
             feats = self.channels if last else self.ngf * 2 ** (n - 1 - i)
             h = layers.ConvTranspose(feats, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
-                                     use_bias=False, kernel_init=_CONV_INIT, name=f"up{i}")(h)
+                                     use_bias=False, kernel_init=_CONV_INIT, dtype=self.dtype, name=f"up{i}")(h)
             if not last:
                 h = bn_relu(h, f"bn{i}")
-        return jnp.tanh(h)
+        return jnp.tanh(h.astype(jnp.float32))
 
 
 class DCGANDiscriminator(nn.Module):
@@ -116,6 +121,7 @@ class DCGANDiscriminator(nn.Module):
         scale and bias, as in the WGAN-GP critic) or "none". Use "layer_norm"/"none" with gradient
         penalties: BatchNorm mixes examples, so per-example input gradients are wrong.
       bn_axis_name: BatchNorm ``axis_name`` (data-parallel axis inside shard_map).
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32, logits are float32.
     """
 
     image_size: int = 64
@@ -124,6 +130,7 @@ class DCGANDiscriminator(nn.Module):
     ndf: int = 64
     normalization: str = "batch_norm"
     bn_axis_name: str | None = None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, labels=None, *, train: bool):
@@ -140,25 +147,26 @@ class DCGANDiscriminator(nn.Module):
         def norm(h, name):
             if self.normalization == "batch_norm":
                 return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                                    scale_init=_bn_scale_init, axis_name=self.bn_axis_name, name=name)(h)
+                                    scale_init=_bn_scale_init, axis_name=self.bn_axis_name, dtype=self.dtype,
+                                    name=name)(h)
             if self.normalization == "layer_norm":
                 return nn.LayerNorm(epsilon=BN_EPSILON, reduction_axes=(-3, -2, -1), feature_axes=-1,
-                                    name=name)(h)
+                                    dtype=self.dtype, name=name)(h)
             return h
 
-        h = x.astype(jnp.float32)
+        h = x.astype(self.dtype)
         for i in range(n):
             h = layers.Conv(self.ndf * 2 ** i, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                            use_bias=False, kernel_init=_CONV_INIT, name=f"down{i}")(h)
+                            use_bias=False, kernel_init=_CONV_INIT, dtype=self.dtype, name=f"down{i}")(h)
             if i > 0:
                 h = norm(h, f"norm{i}")
             h = nn.leaky_relu(h, 0.2)
         logit = layers.Conv(1, (base, base), strides=(1, 1), padding="VALID", use_bias=False,
-                            kernel_init=_CONV_INIT, name="out")(h)
-        logit = logit.reshape(h.shape[0])
+                            kernel_init=_CONV_INIT, dtype=self.dtype, name="out")(h)
+        logit = logit.reshape(h.shape[0]).astype(jnp.float32)
         if labels is not None:
             embed = nn.Embed(self.num_classes, h.shape[-1], embedding_init=_CONV_INIT, name="embed")(labels)
-            logit = logit + jnp.sum(embed * jnp.sum(h, axis=(1, 2)), axis=-1)
+            logit = logit + jnp.sum(embed * jnp.sum(h.astype(jnp.float32), axis=(1, 2)), axis=-1)
         return logit.astype(jnp.float32)
 
 

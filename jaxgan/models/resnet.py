@@ -38,6 +38,8 @@ Intermediates sown for inspection (apply with ``mutable=['intermediates']``): D 
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -97,18 +99,19 @@ class GBlock(nn.Module):
     num_classes: int = 0
     spectral_norm: bool = False
     bn_axis_name: str | None = None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, cond=None, *, train: bool):
         def bn(h, name):
             if cond is None:
                 return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                                    axis_name=self.bn_axis_name, name=name)(h)
-            return ConditionalBatchNorm(self.num_classes, axis_name=self.bn_axis_name, name=name)(
+                                    axis_name=self.bn_axis_name, dtype=self.dtype, name=name)(h)
+            return ConditionalBatchNorm(self.num_classes, axis_name=self.bn_axis_name, dtype=self.dtype, name=name)(
                 h, cond, train=train)
 
         def c(h, feats, k, name):
-            return sn_apply(conv(feats, k, name=name, kernel_init=_INIT), h,
+            return sn_apply(conv(feats, k, name=name, kernel_init=_INIT, dtype=self.dtype), h,
                             spectral_norm=self.spectral_norm, train=train)
 
         h = upsample_nearest2x(nn.relu(bn(x, "bn1")))
@@ -128,11 +131,12 @@ class DBlock(nn.Module):
     downsample: bool = True
     optimized: bool = False
     spectral_norm: bool = True
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         def c(h, feats, k, name):
-            return sn_apply(conv(feats, k, name=name, kernel_init=_INIT), h,
+            return sn_apply(conv(feats, k, name=name, kernel_init=_INIT, dtype=self.dtype), h,
                             spectral_norm=self.spectral_norm, train=train)
 
         if self.optimized:
@@ -165,6 +169,7 @@ class ResNetGenerator(nn.Module):
       shared_embedding_dim: conditional models only: > 0 = BigGAN's shared class embedding of this size,
         linearly mapped to each cBN's gamma/beta; 0 = per-layer class tables.
       bn_axis_name: BatchNorm ``axis_name`` (data-parallel axis inside shard_map).
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32, images are returned as float32.
     """
 
     latent_dim: int = 128
@@ -176,6 +181,7 @@ class ResNetGenerator(nn.Module):
     spectral_norm: bool = False
     shared_embedding_dim: int = 128
     bn_axis_name: str | None = None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, z, labels=None, *, train: bool):
@@ -194,21 +200,22 @@ class ResNetGenerator(nn.Module):
                 cond = labels
         m0, mults = _G_ARCH[self.image_size]
         b = z.shape[0]
-        h = sn_apply(nn.Dense(4 * 4 * self.ch * m0, kernel_init=_INIT, name="stem"), z.astype(jnp.float32),
+        h = sn_apply(nn.Dense(4 * 4 * self.ch * m0, kernel_init=_INIT, dtype=self.dtype, name="stem"),
+                     z.astype(jnp.float32),
                      spectral_norm=self.spectral_norm, train=train)
         h = h.reshape(b, 4, 4, self.ch * m0)
         res = 4
         for i, m in enumerate(mults):
-            h = GBlock(self.ch * m, self.num_classes, self.spectral_norm, self.bn_axis_name,
+            h = GBlock(self.ch * m, self.num_classes, self.spectral_norm, self.bn_axis_name, dtype=self.dtype,
                        name=f"block{i}")(h, cond, train=train)
             res *= 2
             if res == self.attention_resolution:
-                h = SelfAttention(spectral_norm=self.spectral_norm, name="attention")(h, train=train)
+                h = SelfAttention(spectral_norm=self.spectral_norm, dtype=self.dtype, name="attention")(h, train=train)
         h = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                         axis_name=self.bn_axis_name, name="out_bn")(h)
-        h = sn_apply(conv(self.channels, 3, name="out_conv", kernel_init=_INIT), nn.relu(h),
+                         axis_name=self.bn_axis_name, dtype=self.dtype, name="out_bn")(h)
+        h = sn_apply(conv(self.channels, 3, name="out_conv", kernel_init=_INIT, dtype=self.dtype), nn.relu(h),
                      spectral_norm=self.spectral_norm, train=train)
-        return jnp.tanh(h)
+        return jnp.tanh(h.astype(jnp.float32))
 
 
 class ResNetDiscriminator(nn.Module):
@@ -220,6 +227,8 @@ class ResNetDiscriminator(nn.Module):
       num_classes: 0 = unconditional; > 0 = projection discriminator with an SN class embedding.
       ch: base width (see the table in the module docstring).
       attention_resolution: None, or a resolution from ``discriminator_attention_resolutions(image_size)``.
+      dtype: compute dtype of the blocks (e.g. ``jnp.bfloat16``); parameters, the final dense layer and the
+        logits are float32.
     """
 
     image_size: int = 32
@@ -227,6 +236,7 @@ class ResNetDiscriminator(nn.Module):
     num_classes: int = 0
     ch: int = 64
     attention_resolution: int | None = None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, labels=None, *, train: bool):
@@ -239,15 +249,16 @@ class ResNetDiscriminator(nn.Module):
                              f"got {list(x.shape)}")
         labels = check_labels(labels, self.num_classes, x.shape[0], "ResNetDiscriminator")
         mults, downs = _D_ARCH[self.image_size]
-        h = x.astype(jnp.float32)
+        h = x.astype(self.dtype)
         res, attended = self.image_size, False
         for i, (m, down) in enumerate(zip(mults, downs)):
-            h = DBlock(self.ch * m, downsample=down, optimized=i == 0, name=f"block{i}")(h, train=train)
+            h = DBlock(self.ch * m, downsample=down, optimized=i == 0, dtype=self.dtype, name=f"block{i}")(
+                h, train=train)
             res = res // 2 if down else res
             if res == self.attention_resolution and not attended:
-                h = SelfAttention(spectral_norm=True, name="attention")(h, train=train)
+                h = SelfAttention(spectral_norm=True, dtype=self.dtype, name="attention")(h, train=train)
                 attended = True
-        h = jnp.sum(nn.relu(h), axis=(1, 2))
+        h = jnp.sum(nn.relu(h).astype(jnp.float32), axis=(1, 2))
         self.sow("intermediates", "features", h)
         logit = sn_apply(nn.Dense(1, kernel_init=_INIT, name="out"), h, spectral_norm=True, train=train)[:, 0]
         if labels is not None:

@@ -1,0 +1,162 @@
+"""Performance features keep the numbers: several steps per call, bfloat16 compute, the torch twin of DCGAN."""
+import dataclasses
+import json
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgan import experiment
+from jaxgan.data import toy
+from jaxgan.experiment import Config, ConfigError
+from jaxgan.reliability import guard_step, metric_names, nan_record_init
+from jaxgan.step import make_multi_step
+from jaxgan.training import ToyData, train
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+
+RING = Config(dataset="ring8", width=32, depth=2, batch_size=32)
+DIGITS = Config(dataset="digits", model="dcgan", image_size=32, channels=1, width=8, batch_size=8)
+
+
+def leaves(tree):
+    return [np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+            for x in jax.tree.leaves(tree)]
+
+
+def assert_trees_close(a, b, **tol):
+    for x, y in zip(leaves(a), leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, **tol)
+
+
+def test_multi_step_equals_single_steps(unroll=False):
+    exp = experiment.build(RING)
+    step = guard_step(exp.train_step(), "stop")
+    data = ToyData(toy.toy_sampler("ring8")[0], 0, 1, 32)
+    batches = data.take(4)
+    state = exp.init(jax.random.key(0))
+    record = nan_record_init(metric_names(exp.train_step(), state, {"x": batches["x"][0]}))
+    single = jax.jit(step)
+    s1, r1 = state, record
+    for i in range(4):
+        s1, m1, r1 = single(s1, {"x": batches["x"][i]}, r1)
+    s4, m4, r4 = jax.jit(make_multi_step(step, 4, unroll=unroll))(state, batches, record)
+    assert int(s4.step) == 4
+    assert_trees_close((s1, m1, r1), (s4, m4, r4), rtol=1e-5, atol=1e-6)
+
+
+def test_toy_data_take_equals_next():
+    sampler = toy.toy_sampler("ring8")[0]
+    a, b = ToyData(sampler, 3, 2, 16), ToyData(sampler, 3, 2, 16)
+    stacked = a.take(3)["x"]
+    for i in range(3):
+        np.testing.assert_array_equal(stacked[i], next(b)["x"])
+    np.testing.assert_array_equal(a.take(1)["x"][0], next(b)["x"])
+
+
+def test_training_with_steps_per_call_equals_one_step_per_call(tmp_path):
+    base = dataclasses.replace(RING, steps=10, log_every=4, checkpoint_every=8, num_samples=64)
+    one = train(base, tmp_path / "one")
+    four = train(dataclasses.replace(base, steps_per_call=4), tmp_path / "four")  # 4 + 4 + 2 single steps
+    assert int(four.step) == 10
+    assert_trees_close((one.g.params, one.d.params, one.d.opt_state), (four.g.params, four.d.params, four.d.opt_state),
+                       rtol=1e-5, atol=1e-6)
+    rows = [l for l in (tmp_path / "four" / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    assert [json.loads(r)["step"] for r in rows] == [4, 8, 10]
+
+
+def test_steps_per_call_must_divide_the_intervals():
+    with pytest.raises(ConfigError, match="--log_every=100 must be a multiple of --steps_per_call=3"):
+        experiment.validate(dataclasses.replace(RING, steps_per_call=3))
+    with pytest.raises(ConfigError, match="--compute_dtype"):
+        experiment.validate(dataclasses.replace(DIGITS, compute_dtype="float16"))
+
+
+def _float_leaves(tree):
+    return [leaf for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.floating)]
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(model="sngan", width=16), dict(model="sagan", width=16)])
+def test_bfloat16_step_keeps_float32_state(overrides):
+    """Abstract evaluation (no compile): parameters, optimizer and model state, metrics all stay float32."""
+    config = dataclasses.replace(DIGITS, compute_dtype="bfloat16", **overrides)
+    exp = experiment.build(config)
+    assert exp.generator.dtype == jnp.bfloat16 and exp.discriminator.dtype == jnp.bfloat16
+    state = exp.init(jax.random.key(0))
+    batch = {"x": jnp.zeros((1, 8, 32, 32, 1), jnp.float32)}
+    new, metrics = jax.eval_shape(exp.train_step(), state, batch)
+    for leaf in _float_leaves((new.g, new.d, new.g_ema_params, metrics)):
+        assert leaf.dtype == jnp.float32, leaf
+    images = jax.eval_shape(lambda v: exp.generator.apply(v, jnp.zeros((2, exp.generator.latent_dim)), train=False),
+                            {"params": new.g.params, **new.g.model_state})
+    assert images.dtype == jnp.float32
+
+
+def test_bfloat16_step_is_close_to_float32():
+    """One WGAN-GP step (layer-norm DCGAN critic; the penalty runs D in float32) in bf16 vs f32 from one init."""
+    config = dataclasses.replace(DIGITS, d_normalization="layer_norm", loss="wasserstein", penalty="gradient_penalty")
+    batch = {"x": jax.random.uniform(jax.random.key(1), (1, 8, 32, 32, 1), minval=-1, maxval=1)}
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        exp = experiment.build(dataclasses.replace(config, compute_dtype=dtype))
+        state = exp.init(jax.random.key(0))
+        runs[dtype] = (exp, state) + tuple(jax.jit(exp.train_step())(state, batch))
+    (_, s32, n32, m32), (exp16, s16, n16, m16) = runs["float32"], runs["bfloat16"]
+    assert_trees_close(s32.g.params, s16.g.params, rtol=0, atol=0)  # the same float32 init
+    for leaf in _float_leaves((n16.g, n16.d)):
+        assert leaf.dtype == jnp.float32
+    for name, value in m32.items():
+        tol = 0.15 if name.endswith("grad_norm") else 0.05
+        np.testing.assert_allclose(m16[name], value, rtol=tol, atol=tol, err_msg=name)
+    # Adam's first update is ~lr * sign(grad): bf16 flips the sign only of tiny gradient entries, so the
+    # updates agree in most places (compared as whole vectors)
+    for player in ("g", "d"):
+        flat = [np.concatenate([x.ravel() for x in leaves(getattr(n, player).params)]) for n in (n32, n16, s32)]
+        assert np.linalg.norm(flat[1] - flat[0]) <= 0.5 * np.linalg.norm(flat[0] - flat[2]), player
+    z = jax.random.normal(jax.random.key(2), (4, exp16.generator.latent_dim))
+    variables = {"params": n32.g.params, **n32.g.model_state}
+    x16 = exp16.generator.apply(variables, z, train=False)
+    x32 = exp16.generator.clone(dtype=jnp.float32).apply(variables, z, train=False)
+    assert x16.dtype == jnp.float32
+    np.testing.assert_allclose(x16, x32, atol=0.05)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The torch twin of DCGAN used by benchmarks/step_throughput.py --compare_torch is the same network.
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size,channels,counts", [(64, 3, (3_576_704, 2_765_568)), (32, 1, (1_066_880, 661_248))])
+def test_torch_dcgan_has_the_same_parameter_count(size, channels, counts):
+    pytest.importorskip("torch")
+    import torch_dcgan
+    config = dataclasses.replace(DIGITS, image_size=size, channels=channels, width=0)
+    exp = experiment.build(config)
+    shapes = jax.eval_shape(exp.init, jax.random.key(0))
+    ours = tuple(int(sum(np.prod(x.shape) for x in jax.tree.leaves(p))) for p in (shapes.g.params, shapes.d.params))
+    twin = torch_dcgan.TorchDCGAN(size, channels)
+    assert ours == counts
+    assert (torch_dcgan.num_params(twin.g), torch_dcgan.num_params(twin.d)) == counts
+
+
+@pytest.mark.parametrize("size,channels", [(32, 1), (64, 3)])
+def test_torch_dcgan_computes_the_same_outputs(size, channels):
+    torch = pytest.importorskip("torch")
+    import torch_dcgan
+    config = dataclasses.replace(DIGITS, image_size=size, channels=channels, width=16)
+    exp = experiment.build(config)
+    state = exp.init(jax.random.key(0))
+    g_params, d_params = state.g.params, state.d.params
+    twin = torch_dcgan.TorchDCGAN(size, channels, exp.generator.latent_dim, exp.generator.ngf)
+    torch_dcgan.load_flax_params(twin.g, twin.d, g_params, d_params)
+    z = jax.random.normal(jax.random.key(1), (8, exp.generator.latent_dim))
+    x = jax.random.uniform(jax.random.key(2), (8, size, size, channels), minval=-1, maxval=1)
+    fake = exp.generator.apply({"params": g_params, **state.g.model_state}, z, train=True, mutable=["batch_stats"])[0]
+    logits = exp.discriminator.apply({"params": d_params, **state.d.model_state}, x, train=True,
+                                     mutable=["batch_stats"])[0]
+    with torch.no_grad():  # train mode: batch statistics, as in the step
+        t_fake = twin.g(torch.from_numpy(np.asarray(z))).permute(0, 2, 3, 1).numpy()
+        t_logits = twin.d(torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2).contiguous()).numpy()
+    np.testing.assert_allclose(t_fake, np.asarray(fake), atol=2e-5)
+    np.testing.assert_allclose(t_logits, np.asarray(logits), rtol=1e-4, atol=2e-5)
