@@ -130,3 +130,21 @@ def read_flagfile(path, config_cls) -> dict:
             else:
                 values[name] = value
     return values
+
+
+def quiet_library_logs() -> None:
+    """INFO lines only from jaxgan and launch/; libraries (orbax, tfds, jax) show warnings and errors only."""
+    import logging as std_logging
+
+    from absl import logging as absl_logging
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    own = (os.path.join(root, "jaxgan") + os.sep, os.path.join(root, "launch") + os.sep)
+
+    class _OwnInfo(std_logging.Filter):
+        def filter(self, record):
+            return record.levelno >= std_logging.WARNING or record.pathname.startswith(own)
+
+    absl_logging.set_verbosity(absl_logging.INFO)
+    handler = absl_logging.get_absl_handler()
+    handler.python_handler.addFilter(_OwnInfo())  # ABSLHandler.handle() delegates to it, bypassing its own filters

@@ -51,6 +51,7 @@ def main(argv):
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}; flags are written --name=value", file=sys.stderr)
         return 2
+    _common.quiet_library_logs()
 
     def run():
         from jaxgan import evaluation

@@ -32,6 +32,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _common.quiet_library_logs()
 
     def run():
         import jax

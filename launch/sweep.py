@@ -39,7 +39,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
+    _common.quiet_library_logs()
     from jaxgan.data.images import DatasetError
     from jaxgan import sweep
 

@@ -39,7 +39,7 @@ def main(argv):
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}; flags are written --name=value", file=sys.stderr)
         return 2
-    logging.set_verbosity(logging.INFO)
+    _common.quiet_library_logs()
     from jaxgan.data.images import DatasetError
     from jaxgan.reliability import TrainingInterrupted, resume_command
     from jaxgan.training import DivergenceError, train
