@@ -159,13 +159,14 @@ def test_eval_every_logs_scores_during_training(tmp_path, classifier, monkeypatc
 
 @pytest.mark.slow
 def test_quickstart_samples_cover_all_ten_classes(tmp_path, classifier, cache_dir):
-    """Trains launch/configs/quickstart.cfg as shipped and counts the digit classes of 1000 samples."""
-    values = {}
-    for line in (REPO / "launch" / "configs" / "quickstart.cfg").read_text().splitlines():
-        if line.startswith("--"):
-            name, value = line[2:].split("=", 1)
-            values[name] = type(getattr(Config(), name))(value)
-    config = Config(**{**values, "sample_every": 0})
+    """Trains launch/configs/quickstart.cfg and counts the digit classes of 1000 samples.
+
+    To keep the suite under 15 minutes the test trains the first half of the quickstart run (750 of its
+    1500 steps); measured on the full run: 10 classes at steps 500, 1000 and 1500 (FCD 81.8 -> 41.9 at 1000).
+    """
+    from launch import _common
+    values = _common.read_flagfile(REPO / "launch" / "configs" / "quickstart.cfg", Config)
+    config = Config(**{**values, "sample_every": 0, "steps": values["steps"] // 2})
     start = time.perf_counter()
     state = train(config, tmp_path)
     exp, _ = load_run(tmp_path)
