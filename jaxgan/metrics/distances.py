@@ -15,21 +15,14 @@ import jax
 import numpy as np
 import scipy.special
 
+from jaxgan.metrics.frechet import as_features
+
 __all__ = [
     "inception_score",
     "kernel_distance",
     "polynomial_mmd2_unbiased",
     "precision_recall_density_coverage",
 ]
-
-
-def _as_2d(x, name: str) -> np.ndarray:
-    a = np.asarray(x, dtype=np.float64)
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be a 2D array [N, D]; got shape {a.shape}.")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contains non-finite values (NaN or inf).")
-    return a
 
 
 def _numpy_rng(key) -> np.random.Generator:
@@ -48,8 +41,8 @@ def polynomial_mmd2_unbiased(x, y, *, degree: int = 3, gamma: float | None = Non
     MMD^2_u = sum_{i!=j} k(x_i, x_j) / (m(m-1)) + sum_{i!=j} k(y_i, y_j) / (n(n-1)) - 2 sum_{i,j} k(x_i, y_j) / (mn).
     `gamma` defaults to 1/D. Needs m, n >= 2.
     """
-    x = _as_2d(x, "x")
-    y = _as_2d(y, "y")
+    x = as_features(x, "x")
+    y = as_features(y, "y")
     m, n = x.shape[0], y.shape[0]
     if m < 2 or n < 2:
         raise ValueError(f"the unbiased MMD needs at least 2 samples per set; got {m} and {n}.")
@@ -96,8 +89,8 @@ def kernel_distance(
       (kid_mean, kid_std): mean and standard deviation (ddof=0) of the per-subset MMD^2 values.
       KID is unbiased, so it can be slightly negative for identical distributions.
     """
-    a = _as_2d(features_a, "features_a")
-    b = _as_2d(features_b, "features_b")
+    a = as_features(features_a, "features_a")
+    b = as_features(features_b, "features_b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"feature dimensions differ: features_a has D={a.shape[1]}, features_b has D={b.shape[1]}.")
     if int(num_subsets) != num_subsets or num_subsets < 1:
@@ -128,7 +121,7 @@ def inception_score(logits, num_splits: int = 10) -> tuple[float, float]:
     Returns:
       (mean, std) of the per-split scores (std with ddof=0). The score lies in [1, K].
     """
-    lg = _as_2d(logits, "logits")
+    lg = as_features(logits, "logits")
     if int(num_splits) != num_splits or num_splits < 1:
         raise ValueError(f"num_splits must be a positive integer; got {num_splits!r}.")
     if lg.shape[0] < num_splits:
@@ -189,8 +182,8 @@ def precision_recall_density_coverage(
     Returns:
       dict with float values under "precision", "recall", "density", "coverage".
     """
-    real = _as_2d(real_features, "real_features")
-    fake = _as_2d(fake_features, "fake_features")
+    real = as_features(real_features, "real_features")
+    fake = as_features(fake_features, "fake_features")
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f"feature dimensions differ: real has D={real.shape[1]}, fake has D={fake.shape[1]}.")
     if int(k) != k or k < 1:

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 
-def _as_features(x, name: str) -> np.ndarray:
+def as_features(x, name: str) -> np.ndarray:
     """Returns `x` as a float64 [N, D] array, or raises ValueError naming `name` and the shape."""
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 2:
@@ -141,7 +141,7 @@ class FeatureStats:
     @classmethod
     def from_features(cls, features) -> "FeatureStats":
         """Statistics of a whole feature set [N, D] in one go."""
-        f = _as_features(features, "features")
+        f = as_features(features, "features")
         return cls.empty(f.shape[1]).update(f)
 
     @classmethod
@@ -163,7 +163,7 @@ class FeatureStats:
 
     def update(self, features) -> "FeatureStats":
         """Returns the statistics with the batch `features` [B, D] added (B may be 0)."""
-        f = _as_features(features, "features")
+        f = as_features(features, "features")
         if f.shape[1] != self.dim:
             raise ValueError(f"features have dimension {f.shape[1]}, but these statistics have D={self.dim}.")
         return FeatureStats(self.count + f.shape[0], self.sum + f.sum(axis=0), self.sum_outer + f.T @ f)
@@ -223,8 +223,8 @@ def frechet_distance(features_a, features_b, *, eps: float = 1e-6) -> float:
       |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^{1/2}) as a float, with unbiased (ddof=1)
       covariances. Warns when N <= D for either set (singular covariance, biased estimate).
     """
-    a = _as_features(features_a, "features_a")
-    b = _as_features(features_b, "features_b")
+    a = as_features(features_a, "features_a")
+    b = as_features(features_b, "features_b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"feature dimensions differ: features_a has D={a.shape[1]}, features_b has D={b.shape[1]}.")
     return FeatureStats.from_features(a).frechet_distance(FeatureStats.from_features(b), eps=eps)
