@@ -90,11 +90,8 @@ def default_cache_dir() -> pathlib.Path:
 
 def write_json_atomic(path, record: dict) -> None:
     """Writes ``record`` as indented JSON to ``path`` via a temporary file and ``os.replace``."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    from jaxgan.logging import atomic_write_text
+    atomic_write_text(path, json.dumps(record, indent=1, sort_keys=False) + "\n")
 
 
 def parse_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:

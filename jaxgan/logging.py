@@ -108,6 +108,11 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     return [_decode(r) for r in _parse_lines(p.read_text())]
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes ``text`` (UTF-8) to ``path`` atomically: temp file in the same directory, fsync, os.replace."""
+    _atomic_write_bytes(path, text.encode("utf-8"))
+
+
 def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -635,9 +635,7 @@ def write_outputs(workdir: str | os.PathLike, results: Sequence[GroupResult], st
     workdir.mkdir(parents=True, exist_ok=True)
     records = results_records(results)
     payload = {"study": dict(study), "runs": records}
-    tmp = workdir / "results.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=1, allow_nan=False))
-    os.replace(tmp, workdir / "results.json")
+    log_lib.atomic_write_text(workdir / "results.json", json.dumps(payload, indent=1, allow_nan=False))
     shapes = {r.samples.shape[1:] for r in results}
     if len(shapes) == 1:
         np.save(workdir / "samples.npy", np.concatenate([r.samples for r in results]))

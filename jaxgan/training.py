@@ -145,12 +145,6 @@ def run_info() -> dict[str, Any]:
             "environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("JAX_", "XLA_"))}}
 
 
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def check_workdir(config: Config, workdir: pathlib.Path, overwrite: bool) -> None:
     """Refuses a workdir whose stored config differs (other than `RESUMABLE_FIELDS`) unless ``overwrite``."""
     path = workdir / "config.json"
@@ -250,8 +244,8 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
     if parallel.is_primary():  # process 0 writes the workdir's files; every process checkpoints
         if overwrite and (workdir / "checkpoints").exists():
             shutil.rmtree(workdir / "checkpoints")  # --overwrite: the old run's checkpoints must not be resumed
-        _atomic_write(workdir / "config.json", config.to_json())
-        _atomic_write(workdir / "run_info.json", json.dumps({**run_info(), "num_classes": exp.num_classes}, indent=1))
+        log_lib.atomic_write_text(workdir / "config.json", config.to_json())
+        log_lib.atomic_write_text(workdir / "run_info.json", json.dumps({**run_info(), "num_classes": exp.num_classes}, indent=1))
     parallel.sync_processes("jaxgan_workdir_ready")
 
     key = jax.random.key(config.seed)
@@ -273,16 +267,15 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
     raw_step = exp.train_step(axis_name)
     # The guard carries a device-side record of the first non-finite step (see jaxgan.reliability); with
     # --on_nan=skip it also discards non-finite updates inside the compiled step, so donation stays safe.
+    guarded_step = reliability.guard_step(raw_step, config.on_nan)
     if mesh is None:
-        step_fn = jax.jit(reliability.guard_step(raw_step, config.on_nan), donate_argnums=(0, 2))
+        step_fn = jax.jit(guarded_step, donate_argnums=(0, 2))
     else:  # jit(shard_map) over the data axis; at most a few steps in flight (CPU collectives deadlock otherwise)
-        step_fn = parallel.data_parallel_step(reliability.guard_step(raw_step, config.on_nan), mesh, num_args=3,
-                                              donate_argnums=(0, 2))
+        step_fn = parallel.data_parallel_step(guarded_step, mesh, num_args=3, donate_argnums=(0, 2))
     # --steps_per_call=k: k steps per jitted call (lax.scan) whenever t is a multiple of k and k steps remain;
     # log/checkpoint/sample/eval intervals are multiples of k (validated), so they fall on call boundaries.
     per_call = config.steps_per_call if mesh is None else 1
-    multi_fn = (jax.jit(make_multi_step(reliability.guard_step(raw_step, config.on_nan), per_call),
-                        donate_argnums=(0, 2)) if per_call > 1 else None)
+    multi_fn = jax.jit(make_multi_step(guarded_step, per_call), donate_argnums=(0, 2)) if per_call > 1 else None
     latents_key = jax.random.fold_in(key, 7)
     if parallel.is_primary():
         (workdir / "samples").mkdir(exist_ok=True)
@@ -367,7 +360,7 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
         from jaxgan.metrics import modes
         result = modes.mode_metrics(x, exp.mixture.means, exp.mixture.std)
         result = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()}
-        _atomic_write(workdir / "final_metrics.json", json.dumps({"step": config.steps, **result}, indent=1))
+        log_lib.atomic_write_text(workdir / "final_metrics.json", json.dumps({"step": config.steps, **result}, indent=1))
         logging.info("mode coverage of %d samples: %s", num, {k: result[k] for k in
                                                               ("modes_captured", "high_quality_fraction")})
     return state
