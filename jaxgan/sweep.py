@@ -19,11 +19,19 @@ Chunk size: on CPU, vmapping 4-16 small MLP GANs is ~1.3x faster than running th
 turns every convolution into a grouped one, which XLA:CPU runs slowly (``notes/cpu-performance.md``, item
 4; ``benchmarks/sweep_speedup.py``). `default_chunk` encodes these measurements; pass ``chunk`` to override.
 
+Several devices: with a ``mesh`` (`sweep_mesh`, ``launch/sweep.py --mesh_seed=K``) the runs of every chunk
+are split over the K devices of the mesh's ``seed`` axis (`jaxgan.parallel`): the stacked state, data keys and
+image batches are placed ``P("seed")`` and each device trains its ``chunk / K`` runs, vmapped, under
+`jax.shard_map` with no collectives. ``chunk`` must then be a multiple of K. The numbers are those of the
+one-device vmapped sweep (equal to float32 rounding: each device's batched matmuls hold ``chunk / K`` runs,
+not ``chunk``).
+
 Divergence is per run: a run whose metrics or parameters become non-finite is recorded (``diverged``,
 ``diverged_step``) and the others carry on.
 
-Public API: `SweepSpec`/`parse_sweep_flag`/`parse_group_entry` (input), `plan` -> [`Group`], `run_group`
--> `GroupResult`, `run_study`, `aggregate`, `write_outputs` (results.json, samples.npy, report.md, plots).
+Public API: `parse_sweep_flag`/`parse_group_entry` (input), `plan` -> [`Group`], `sweep_mesh`,
+`run_group` -> `GroupResult`, `run_study`, `aggregate`, `write_outputs` (results.json, samples.npy, report.md,
+plots).
 """
 from __future__ import annotations
 
@@ -39,8 +47,10 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxgan import experiment as experiment_lib
+from jaxgan import parallel
 from jaxgan.data import toy
 from jaxgan.experiment import Config, ConfigError
 from jaxgan.step import sample
@@ -273,6 +283,42 @@ def default_chunk(platform: str, model: str, runs: int) -> int:
     return max(1, min(chunk, runs))
 
 
+def check_chunk(chunk: int | None, seed_devices: int) -> None:
+    """Raises `SweepError` unless an explicit ``chunk`` (None/0: the default) splits over ``seed_devices``."""
+    k = int(seed_devices)
+    if not chunk or k <= 1 or chunk % k == 0:
+        return
+    options = sorted({max(k, chunk // k * k), chunk // k * k + k})
+    raise SweepError(f"--chunk={chunk} is not a multiple of --mesh_seed={k}: the runs of every chunk are split "
+                     f"evenly over the {k} devices of the seed axis; use --chunk="
+                     f"{' or --chunk='.join(map(str, options))} (or --chunk=0 for the default)")
+
+
+def resolve_chunk(chunk: int | None, runs: int, *, platform: str, model: str, seed_devices: int = 1) -> int:
+    """Runs per chunk: ``chunk`` (None/0: `default_chunk`) capped at ``runs``, then rounded up to a multiple of
+    ``seed_devices`` (the padding runs of a chunk are dropped). An explicit ``chunk`` that is not a multiple of
+    ``seed_devices`` raises `SweepError` (`check_chunk`)."""
+    check_chunk(chunk, seed_devices)
+    chunk = default_chunk(platform, model, runs) if not chunk else max(1, min(int(chunk), runs))
+    k = max(1, int(seed_devices))
+    return -(-chunk // k) * k
+
+
+def sweep_mesh(config: Config, *, devices=None) -> Mesh | None:
+    """The mesh that splits a sweep's chunks over ``config.mesh_seed`` devices (``--mesh_seed``), or None.
+
+    A ``("seed", "data")`` mesh of ``mesh_seed x 1`` devices (`jaxgan.parallel.make_mesh`; too few devices
+    raise `jaxgan.parallel.ParallelError` with the device count). Sweeps do not split batches: ``mesh_data``
+    must be 0 (the default) or 1. None when ``mesh_seed`` is 1 (one device).
+    """
+    if config.mesh_data not in (0, 1):
+        raise SweepError(f"--mesh_data={config.mesh_data}: a sweep does not split batches over devices; it splits "
+                         f"the runs of each chunk over --mesh_seed devices. Use --mesh_data=0 or 1")
+    if config.mesh_seed <= 1:
+        return None
+    return parallel.make_mesh(1, config.mesh_seed, devices=devices)
+
+
 @dataclasses.dataclass
 class GroupResult:
     """Per-run outcomes of a group, in the order of ``group.runs``."""
@@ -285,6 +331,7 @@ class GroupResult:
     seconds: float  # training wall time (compilation included)
     model_steps: int  # runs x steps (padding excluded)
     chunk: int
+    seed_devices: int = 1  # devices the runs of each chunk were split over (the mesh's seed axis)
 
 
 def _stack(trees):
@@ -299,10 +346,28 @@ def _eval_points(steps: int, every: int) -> list[int]:
     return sorted(set(list(range(every, steps + 1, every)) + [steps]))
 
 
+_RUNS = P(parallel.SEED_AXIS)  # [runs, ...]
+_STEPS_RUNS = P(None, parallel.SEED_AXIS)  # [L, runs, ...]
+
+
+def _on_seed_axis(fn: Callable, mesh: Mesh | None, in_specs, out_specs) -> Callable:
+    """``fn`` (vmapped over runs) run by every device of the mesh's seed axis on its share of the runs.
+
+    `jax.shard_map` (no collectives): each device runs ``fn`` on ``runs / K`` runs, with the specs' runs axes
+    split over ``seed``. Returns ``fn`` itself without a mesh. (Plain ``jax.jit`` on seed-sharded inputs
+    would leave the split to XLA's SPMD partitioner, which cannot split the grouped convolutions that vmap
+    makes of an image model's convolutions: "output feature dimension ... divisible by feature_group_count".)
+    """
+    if mesh is None:
+        return fn
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+
 class _Evaluator:
     """Final / periodic sample metrics: mode coverage for 2D mixtures, classes covered for digits."""
 
-    def __init__(self, exp, config: Config, num_samples: int, classifier_params=None, w1_samples: int = 0):
+    def __init__(self, exp, config: Config, num_samples: int, classifier_params=None, w1_samples: int = 0,
+                 mesh: Mesh | None = None):
         self.exp, self.config = exp, config
         self.num_samples = num_samples
         self.classifier_params = classifier_params
@@ -311,7 +376,7 @@ class _Evaluator:
 
         def draw(params, model_state, key):
             return sample(gen, params, model_state, key, num_samples, num_classes=exp.num_classes)
-        self._draw = jax.jit(jax.vmap(draw))
+        self._draw = jax.jit(_on_seed_axis(jax.vmap(draw), mesh, (_RUNS,) * 3, _RUNS))
         self._draw_one = jax.jit(draw)
 
     def samples(self, params, model_state, keys, vmapped: bool) -> np.ndarray:
@@ -344,13 +409,16 @@ def _sample_params(state):
     return state.g_ema_params if "ema_decay" in state.hparams else state.g.params
 
 
-def make_trainer(exp, config: Config, vmapped: bool) -> Callable:
+def make_trainer(exp, config: Config, vmapped: bool, mesh: Mesh | None = None) -> Callable:
     """``train(state, data_keys, t0, batches, length=L) -> (state, metrics [L, ...])``, jitted, state donated.
 
     Runs steps ``t0 .. t0+L-1`` under `lax.scan`; with ``vmapped`` the state, ``data_keys`` and ``batches``
-    carry a leading runs axis. For toy data pass ``batches=None``: the batch of step t is drawn inside from
-    ``fold_in(data_key, t)`` exactly as `jaxgan.training.ToyData` does; for image data pass host batches
-    ``{"x": [L, (runs,) n_critic, B, ...], ...}``.
+    carry a runs axis (leading; second for ``batches``, after L). For toy data pass ``batches=None``: the
+    batch of step t is drawn inside from ``fold_in(data_key, t)`` exactly as `jaxgan.training.ToyData` does;
+    for image data pass host batches ``{"x": [L, (runs,) n_critic, B, ...], ...}``. With a ``mesh`` (vmapped
+    only) each device runs the steps of its share of the runs (`_on_seed_axis`): the inputs' runs axes are
+    split over the seed axis (place them there with `_place_runs`), and so are the outputs: the state
+    ``[runs, ...]`` ``P("seed")``, the metrics ``[L, runs]`` ``P(None, "seed")``.
     """
     raw_step = exp.train_step()
     n_critic, batch_size = config.n_critic, config.batch_size
@@ -367,23 +435,36 @@ def make_trainer(exp, config: Config, vmapped: bool) -> Callable:
     per_run = jax.vmap(one_step, in_axes=(0, 0, None, 0)) if vmapped else one_step
 
     def train_calls(state, data_keys, t0, batches, length):
-        def body(carry, inputs):
-            t, batch = inputs
-            return per_run(carry, data_keys, t, batch)
-        return jax.lax.scan(body, state, (t0 + jnp.arange(length), batches), length=length)
+        def scan(state, data_keys, t0, batches):
+            def body(carry, inputs):
+                t, batch = inputs
+                return per_run(carry, data_keys, t, batch)
+            return jax.lax.scan(body, state, (t0 + jnp.arange(length), batches), length=length)
+        on_devices = _on_seed_axis(scan, mesh, (_RUNS, _RUNS, P(), _STEPS_RUNS), (_RUNS, _STEPS_RUNS))
+        return on_devices(state, data_keys, t0, batches)
 
     return jax.jit(train_calls, static_argnames="length", donate_argnums=0)
 
 
+def _place_runs(tree, mesh: Mesh | None, axis: int = 0):
+    """Stacked per-run arrays (runs on ``axis``, 0 or 1) split over the mesh's seed axis; as is without a mesh."""
+    if mesh is None:
+        return tree
+    if axis == 0:
+        return parallel.shard_seeds(tree, mesh)
+    return jax.device_put(tree, NamedSharding(mesh, P(*([None] * axis), parallel.SEED_AXIS)))
+
+
 def run_group(group: Group, *, chunk: int | None = None, steps_per_call: int = 0, eval_every: int = 0,
               num_samples: int | None = None, eval_samples: int = 0, w1_samples: int = 0, classifier_params=None,
-              log: Callable[[str], None] | None = None) -> GroupResult:
+              mesh: Mesh | None = None, log: Callable[[str], None] | None = None) -> GroupResult:
     """Trains every run of ``group``, ``chunk`` runs at a time (vmapped), chunk after chunk.
 
     Args:
       chunk: runs per vmapped chunk; None: `default_chunk`. 1 runs each run without vmap (bit-identical to
         ``launch/train.py``). The last chunk is padded with copies of its last run (their results dropped) so
-        every chunk uses the same compiled program.
+        every chunk uses the same compiled program. With a ``mesh`` of K seed devices, an explicit chunk must
+        be a multiple of K (`SweepError` otherwise); the default is rounded up to one.
       steps_per_call: steps per jitted call (``lax.scan``); 0: up to the next evaluation (toy data) or 25
         (image data, whose batches come from the host).
       eval_every: steps between evaluations (training metrics of that step + sample metrics); 0: config.log_every.
@@ -392,14 +473,22 @@ def run_group(group: Group, *, chunk: int | None = None, steps_per_call: int = 0
       eval_samples: samples per run at intermediate evaluations; 0: as ``num_samples``.
       w1_samples: if > 0, the final metrics of 2D runs include the exact W1 to the mixture on that many samples.
       classifier_params: a `jaxgan.metrics.classifier` model for ``classes_covered`` on digit images.
+      mesh: a `sweep_mesh` (``("seed", "data")``, data axis 1): the runs of every chunk are split over its
+        seed axis, ``chunk / K`` runs per device. None, or a seed axis of 1: one device.
     """
     config = group.config
+    if mesh is not None and parallel.data_size(mesh) != 1:
+        raise SweepError(f"--mesh_data={parallel.data_size(mesh)}: a sweep does not split batches over devices; "
+                         f"use a mesh with a data axis of 1 (sweep_mesh)")
+    seed_devices = 1 if mesh is None else parallel.seed_size(mesh)
+    mesh = mesh if seed_devices > 1 else None
+    check_chunk(chunk, seed_devices)  # before any data is loaded
     log = log or (lambda s: None)
     data_probe = None if config.is_toy else _image_data(group.runs[0].config)
     exp = experiment_lib.build(config, num_classes=0 if config.is_toy else data_probe.num_classes)
     runs = group.runs
-    platform = jax.default_backend()
-    chunk = default_chunk(platform, config.model, len(runs)) if not chunk else max(1, min(int(chunk), len(runs)))
+    chunk = resolve_chunk(chunk, len(runs), platform=jax.default_backend(), model=config.model,
+                          seed_devices=seed_devices)
     vmapped = chunk > 1
     steps = config.steps
     eval_every = eval_every or config.log_every
@@ -407,15 +496,16 @@ def run_group(group: Group, *, chunk: int | None = None, steps_per_call: int = 0
     if num_samples is None:
         num_samples = config.num_samples if config.is_toy else 256
     eval_samples = eval_samples or num_samples
-    final_eval = _Evaluator(exp, config, num_samples, classifier_params, w1_samples)
-    mid_eval = final_eval if eval_samples == num_samples else _Evaluator(exp, config, eval_samples, classifier_params)
+    final_eval = _Evaluator(exp, config, num_samples, classifier_params, w1_samples, mesh)
+    mid_eval = final_eval if eval_samples == num_samples else _Evaluator(exp, config, eval_samples,
+                                                                         classifier_params, mesh=mesh)
     if not steps_per_call:
         steps_per_call = eval_every if config.is_toy else 25
-    train_fn = make_trainer(exp, config, vmapped)
+    train_fn = make_trainer(exp, config, vmapped, mesh)
 
     hparam_names = list(runs[0].hparams)
     init_one = jax.jit(exp.init)
-    init_many = jax.jit(jax.vmap(exp.init))
+    init_many = jax.jit(_on_seed_axis(jax.vmap(exp.init), mesh, (_RUNS, _RUNS), _RUNS))
 
     results_params, results_d, samples_all = [None] * len(runs), [None] * len(runs), [None] * len(runs)
     evals: list[list[dict]] = [[] for _ in runs]
@@ -429,8 +519,8 @@ def run_group(group: Group, *, chunk: int | None = None, steps_per_call: int = 0
         latent_keys = [jax.random.fold_in(k, 7) for k in keys]  # training.py's latents_key
         if vmapped:
             hp = {n: jnp.asarray([runs[i].hparams[n] for i in padded], jnp.float32) for n in hparam_names}
-            state = init_many(jnp.stack(keys), hp)
-            dkeys, lkeys = jnp.stack(data_keys), jnp.stack(latent_keys)
+            state = init_many(*_place_runs((jnp.stack(keys), hp), mesh))
+            dkeys, lkeys = _place_runs((jnp.stack(data_keys), jnp.stack(latent_keys)), mesh)
         else:
             state = init_one(keys[0], dict(runs[padded[0]].hparams))
             dkeys, lkeys = data_keys[0], latent_keys[0]
@@ -444,7 +534,10 @@ def run_group(group: Group, *, chunk: int | None = None, steps_per_call: int = 0
                 if iters is not None:
                     per = [[next(it) for _ in range(length)] for it in iters]  # [runs][length]
                     stacked = [_stack([jax.tree.map(jnp.asarray, b) for b in run_batches]) for run_batches in per]
-                    batches = jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *stacked) if vmapped else stacked[0]
+                    if vmapped:  # [L, runs, n_critic, B, ...]
+                        batches = _place_runs(jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *stacked), mesh, 1)
+                    else:
+                        batches = stacked[0]
                 state, metrics = train_fn(state, dkeys, jnp.asarray(t, jnp.int32), batches, length=length)
                 metrics = jax.device_get(metrics)
                 finite = np.asarray(metrics["finite"]).reshape(length, -1)  # [length, runs]
@@ -463,7 +556,8 @@ def run_group(group: Group, *, chunk: int | None = None, steps_per_call: int = 0
                 evals[i].append(record)
                 if point == steps:
                     samples_all[i] = x[j]
-            log(f"group {group.name}: runs {members[0]}-{members[-1]} of {len(runs)}, step {point}/{steps}")
+            log(f"group {group.name}: runs {members[0]}-{members[-1]} of {len(runs)}, step {point}/{steps}"
+                + (f" ({seed_devices} devices)" if mesh is not None else ""))
         host = jax.device_get((_sample_params(state), state.d.params))
         for j, i in enumerate(members):
             results_params[i] = host[0] if not vmapped else _slice(host[0], j)
@@ -471,7 +565,7 @@ def run_group(group: Group, *, chunk: int | None = None, steps_per_call: int = 0
     seconds = time.perf_counter() - start_time
     stack_np = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)  # noqa: E731
     return GroupResult(group, stack_np(results_params), stack_np(results_d), np.stack(samples_all), evals, diverged,
-                       seconds, len(runs) * steps, chunk)
+                       seconds, len(runs) * steps, chunk, seed_devices)
 
 
 def _image_data(config: Config):
@@ -565,7 +659,8 @@ def format_report(records: Sequence[dict], study: Mapping[str, Any], results: Se
         if study.get(k) not in (None, "", []):
             lines.append(f"- {k}: `{study[k]}`")
     for res in results:
-        lines.append(f"- group `{res.group.name}`: {len(res.group.runs)} runs, chunk {res.chunk}, "
+        devices = f" over {res.seed_devices} devices" if res.seed_devices > 1 else ""
+        lines.append(f"- group `{res.group.name}`: {len(res.group.runs)} runs, chunk {res.chunk}{devices}, "
                      f"{res.seconds:.1f} s ({res.model_steps / max(res.seconds, 1e-9):.0f} model-steps/s incl. "
                      f"compilation)")
     lines += ["", "Final metrics, mean ± standard error over seeds (s.e. = sample std / sqrt(n)); diverged runs "

@@ -8,6 +8,13 @@ crosses values of a hyperparameter with the seeds: run-time hyperparameters (g_l
 label_smoothing, instance_noise, ema_decay) share one program; program fields (loss, penalty, clip_weights,
 b1, b2, optimizer, ...) become separate groups. ``--losses`` entries ``LOSS[+PENALTY][+FIELD=VALUE]...`` are
 groups too. Writes ``W/results.json``, ``W/samples.npy``, ``W/report.md``, ``W/curves.png``, ``W/samples/``.
+
+Several devices: ``--mesh_seed=K`` (a Config field; 1, the default, = one device) splits the runs of every
+vmapped chunk over K devices along the ``seed`` mesh axis (``jaxgan.parallel``), ``--chunk / K`` runs per
+device, equal to the one-device sweep to float32 rounding. ``--chunk`` must then be a multiple of K (the
+default chunk is rounded up to one); batches are not split (``--mesh_data`` must be 0 or 1). On CPU,
+simulate devices with ``XLA_FLAGS=--xla_force_host_platform_device_count=K`` (they share the cores: no
+speed-up).
 """
 from __future__ import annotations
 
@@ -29,7 +36,8 @@ flags.DEFINE_list("losses", [], "groups LOSS[+PENALTY][+FIELD=VALUE]..., e.g. wa
 flags.DEFINE_enum("search", "grid", ["grid", "random"], "grid: cross product; random: --trials log-uniform draws")
 flags.DEFINE_integer("trials", 0, "configurations drawn by --search=random")
 flags.DEFINE_integer("search_seed", 0, "seed of --search=random")
-flags.DEFINE_integer("chunk", 0, "runs vmapped together (0: measured default per platform and model)")
+flags.DEFINE_integer("chunk", 0, "runs vmapped together (0: measured default per platform and model); a "
+                                 "multiple of --mesh_seed, whose devices split each chunk")
 flags.DEFINE_integer("eval_samples", 0, "samples per run at intermediate evaluations (0: --num_samples)")
 flags.DEFINE_integer("w1_samples", 1000, "exact W1 to the mixture on this many final samples per run (0: off)")
 flags.DEFINE_string("jax_cache_dir", "~/.cache/jaxgan/jax", "persistent compilation cache ('' to disable)")
@@ -54,6 +62,8 @@ def main(argv):
         parsed = [sweep.parse_sweep_flag(s) for s in FLAGS.sweep]
         groups = sweep.plan(config, seeds=FLAGS.seeds, sweep=parsed, groups=FLAGS.losses, search=FLAGS.search,
                             trials=FLAGS.trials, search_seed=FLAGS.search_seed)
+        sweep.check_chunk(FLAGS.chunk, config.mesh_seed)
+        mesh = sweep.sweep_mesh(config)  # None for --mesh_seed=1
         _common.enable_compile_cache(FLAGS.jax_cache_dir)
         classifier_params = None
         if config.dataset == "digits":
@@ -64,7 +74,8 @@ def main(argv):
         per_call = config.steps_per_call if config.steps_per_call > 1 else 0  # 0: up to the next evaluation
         results = sweep.run_study(groups, chunk=FLAGS.chunk or None, steps_per_call=per_call,
                                   eval_samples=FLAGS.eval_samples, w1_samples=FLAGS.w1_samples if config.is_toy else 0,
-                                  classifier_params=classifier_params, log=lambda s: logging.info("%s", s))
+                                  classifier_params=classifier_params, mesh=mesh,
+                                  log=lambda s: logging.info("%s", s))
         study = {"command": " ".join(["launch/sweep.py"] + sys.argv[1:]), "base": dataclasses.asdict(config),
                  "seeds": FLAGS.seeds, "steps": config.steps, "sweep": FLAGS.sweep, "losses": FLAGS.losses,
                  "search": FLAGS.search, "platform": jax.default_backend()}

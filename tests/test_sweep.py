@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -9,9 +10,10 @@ import sys
 import jax
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from jaxgan import experiment as experiment_lib
-from jaxgan import sweep
+from jaxgan import parallel, sweep
 from jaxgan.experiment import Config
 from jaxgan.training import make_data
 
@@ -97,6 +99,74 @@ def test_chunking_equals_one_chunk(groups, vmapped):
     for a, b in zip(chunked.evals, vmapped.evals):
         assert [e["step"] for e in a] == [3, 6]
         assert a[-1]["modes_captured"] == b[-1]["modes_captured"]
+
+
+def assert_evals_close(got, want):
+    """Per run, per evaluation: the same steps and metric names, values equal to float32 rounding."""
+    for a, b in zip(got, want):
+        assert [e["step"] for e in a] == [e["step"] for e in b]
+        for ea, eb in zip(a, b):
+            assert set(ea) == set(eb)
+            for k in ea:
+                assert ea[k] == pytest.approx(eb[k], rel=1e-5, abs=1e-6), k
+
+
+def test_seed_sharded_chunks_equal_one_device(groups, vmapped, monkeypatch):
+    mesh = sweep.sweep_mesh(dataclasses.replace(BASE, mesh_seed=2))
+    shardings = []  # of the trained state, after every jitted call
+    make_trainer = sweep.make_trainer
+
+    def recording_trainer(*args, **kwargs):
+        train = make_trainer(*args, **kwargs)
+
+        def train_and_record(*a, **k):
+            state, metrics = train(*a, **k)
+            shardings.append(state.g.params["Dense_0"]["kernel"].sharding)
+            return state, metrics
+        return train_and_record
+    monkeypatch.setattr(sweep, "make_trainer", recording_trainer)
+    sharded = sweep.run_group(groups[0], chunk=4, w1_samples=100, mesh=mesh)
+    assert sharded.chunk == 4 and sharded.seed_devices == 2
+    # Each of the 2 devices trained 2 of the 4 runs.
+    assert shardings and all(s.spec == P("seed") and len(s.device_set) == 2 for s in shardings)
+    assert max_diff(sharded.final_params, vmapped.final_params) < 1e-6
+    assert max_diff(sharded.final_d_params, vmapped.final_d_params) < 1e-6
+    np.testing.assert_allclose(sharded.samples, vmapped.samples, atol=1e-6)
+    assert sharded.diverged_step == vmapped.diverged_step
+    assert_evals_close(sharded.evals, vmapped.evals)
+    # The default chunk (8 MLP runs on CPU, capped at the 4 runs) is a multiple of the 2 devices; the report says so.
+    assert sweep.resolve_chunk(None, 3, platform="cpu", model="mlp", seed_devices=2) == 4
+    assert sweep.resolve_chunk(None, 5, platform="cpu", model="dcgan", seed_devices=4) == 4
+    report = sweep.format_report(sweep.results_records([sharded]), {}, [sharded])
+    assert "4 runs, chunk 4 over 2 devices" in report
+
+
+def test_seed_devices_bad_chunk_or_device_count(groups):
+    mesh = sweep.sweep_mesh(dataclasses.replace(BASE, mesh_seed=2))
+    with pytest.raises(sweep.SweepError, match=re.escape("--chunk=3 is not a multiple of --mesh_seed=2") +
+                       ".*use --chunk=2 or --chunk=4"):
+        sweep.run_group(groups[0], chunk=3, mesh=mesh)
+    too_many = jax.device_count() * 2
+    with pytest.raises(parallel.ParallelError, match=f"needs {too_many} devices, but only {jax.device_count()} cpu"):
+        sweep.sweep_mesh(dataclasses.replace(BASE, mesh_seed=too_many))
+    with pytest.raises(sweep.SweepError, match="--mesh_data=2: a sweep does not split batches"):
+        sweep.sweep_mesh(dataclasses.replace(BASE, mesh_seed=2, mesh_data=2))
+    assert sweep.sweep_mesh(BASE) is None  # --mesh_seed=1: one device
+
+
+def test_launcher_seed_devices(tmp_path):
+    common = [sys.executable, "launch/sweep.py", "--dataset=ring8", "--width=8", "--depth=1", "--batch_size=16",
+              "--steps=2", "--log_every=2", "--num_samples=50", "--w1_samples=0", f"--jax_cache_dir={REPO}/.jax_cache"]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    bad = subprocess.run(common + ["--workdir=/nonexistent", "--seeds=2", "--mesh_seed=2", "--chunk=3"], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert bad.stderr.startswith("error: --chunk=3 is not a multiple of --mesh_seed=2")
+    ok = subprocess.run(common + [f"--workdir={tmp_path}", "--seeds=4", "--mesh_seed=2"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "4 runs, chunk 4 over 2 devices" in (tmp_path / "report.md").read_text()
+    assert len(json.loads((tmp_path / "results.json").read_text())["runs"]) == 4
 
 
 def test_results_and_report(tmp_path, vmapped, sequential):
@@ -188,3 +258,82 @@ def test_random_search_draws_log_uniform_within_range():
     again = sweep.plan(BASE, seeds=2, sweep=[("g_lr", [1e-4, 1e-2]), ("label_smoothing", [0.0, 0.2])],
                        search="random", trials=5, search_seed=3)
     assert [r.hparams for r in again[0].runs] == [r.hparams for r in group.runs]
+
+
+# ------------------------------------------------------------------------------------------ image (digits) sweeps
+
+DIGITS = Config(dataset="digits", model="dcgan", image_size=28, width=8, latent_dim=16, batch_size=8, ema_decay=0.9,
+                steps=2, log_every=1)
+DIGITS_SAMPLES = 16
+
+
+@pytest.fixture(scope="module")
+def digits_classifier_params():
+    """A random (untrained) `ConvClassifier` for 28x28x1 images, made in numpy: no training, no compilation."""
+    from jaxgan.metrics import classifier
+    shapes = jax.eval_shape(classifier.ConvClassifier(num_classes=10).init, jax.random.key(0),
+                            np.zeros((1, 28, 28, 1), np.float32))
+    rng = np.random.default_rng(0)
+
+    def draw(s):  # fan-in scaled weights, zero biases
+        if len(s.shape) == 1:
+            return np.zeros(s.shape, np.float32)
+        return (rng.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(np.float32)
+    return jax.tree.map(draw, shapes)
+
+
+@pytest.fixture(scope="module")
+def digits_group():
+    (group,) = sweep.plan(DIGITS, seeds=[3, 4])
+    return group
+
+
+@pytest.fixture(scope="module")
+def digits_vmapped(digits_group, digits_classifier_params):
+    return sweep.run_group(digits_group, chunk=2, num_samples=DIGITS_SAMPLES,
+                           classifier_params=digits_classifier_params)
+
+
+def test_digits_sweep_samples_and_classes_covered(tmp_path, digits_vmapped, digits_classifier_params):
+    from jaxgan.metrics import classifier
+    res = digits_vmapped
+    assert res.chunk == 2 and res.model_steps == 4 and res.diverged_step == [None, None]
+    assert res.samples.shape == (2, DIGITS_SAMPLES, 28, 28, 1) and res.samples.dtype == np.float32
+    assert np.all(np.isfinite(res.samples)) and np.abs(res.samples).max() <= 1.0  # tanh output
+    assert not np.array_equal(res.samples[0], res.samples[1])  # the seeds differ
+    for i in range(2):
+        assert [e["step"] for e in res.evals[i]] == [1, 2]
+        covered = res.evals[i][-1]["classes_covered"]
+        assert covered == int(covered) and 1 <= covered <= 10
+        # The final metric is that of the samples returned (and written to samples.npy), recounted in numpy.
+        predicted = np.argmax(classifier.classifier_logits(digits_classifier_params, res.samples[i]), axis=1)
+        assert covered == len(np.unique(predicted))
+    records = sweep.write_outputs(tmp_path, [res], {"seeds": 2, "steps": DIGITS.steps})
+    np.testing.assert_array_equal(np.load(tmp_path / "samples.npy"), res.samples)
+    assert [r["final"]["classes_covered"] for r in records] == [e[-1]["classes_covered"] for e in res.evals]
+    assert "| classes |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "samples" / "base.png").stat().st_size > 0
+
+
+def test_digits_vmapped_chunk_equals_separate_runs(digits_group, digits_vmapped, digits_classifier_params):
+    sequential = sweep.run_group(digits_group, chunk=1, num_samples=DIGITS_SAMPLES,
+                                 classifier_params=digits_classifier_params)
+    assert sequential.chunk == 1
+    # The generator's EMA weights (sampled), its BatchNorm statistics and D, run by run.
+    assert max_diff(digits_vmapped.final_params, sequential.final_params) < 1e-6
+    assert max_diff(digits_vmapped.final_d_params, sequential.final_d_params) < 1e-6
+    np.testing.assert_allclose(digits_vmapped.samples, sequential.samples, atol=1e-6)
+    assert_evals_close(digits_vmapped.evals, sequential.evals)
+
+
+def test_digits_seed_sharded_equals_one_device(digits_group, digits_vmapped, digits_classifier_params):
+    # Image models under vmap have grouped convolutions, which XLA's SPMD partitioner cannot split over the seed
+    # axis; the sweep runs each device's share of the runs under shard_map instead (one run per device here).
+    mesh = sweep.sweep_mesh(dataclasses.replace(DIGITS, mesh_seed=2))
+    sharded = sweep.run_group(digits_group, chunk=2, num_samples=DIGITS_SAMPLES,
+                              classifier_params=digits_classifier_params, mesh=mesh)
+    assert sharded.seed_devices == 2
+    assert max_diff(sharded.final_params, digits_vmapped.final_params) < 1e-6
+    assert max_diff(sharded.final_d_params, digits_vmapped.final_d_params) < 1e-6
+    np.testing.assert_allclose(sharded.samples, digits_vmapped.samples, atol=1e-6)
+    assert_evals_close(sharded.evals, digits_vmapped.evals)
