@@ -230,7 +230,7 @@ def main(argv=None):
               "channels": None if args.model == "mlp" else args.channels, "batch_size": args.batch_size,
               "n_critic": args.n_critic, "compute_dtype": args.compute_dtype, "conv_impl": args.conv_impl,
               "steps_per_call": ks[0], "params_g": g_params, "params_d": d_params, "blocks": args.blocks,
-              "load_avg_1m": load}
+              "load_avg_1m": load, "xla_flags": os.environ.get("XLA_FLAGS", "")}
     if len(ks) > 1:
         result["steps_per_sec_by_k"] = {str(r.k): round(statistics.median(rates[n]), 4) for n, r in runners.items()}
         result["compile_sec_by_k"] = {str(r.k): round(r.compile_sec, 3) for r in runners.values()}
