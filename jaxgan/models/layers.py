@@ -22,60 +22,64 @@ Why: XLA:CPU lowers the weight gradient of a transposed convolution (and to a le
 gradient of a strided conv) to convolutions its Eigen path does not take; they run at 4-5 GFLOP/s
 (see shared/notes/cpu-performance.md).
 
-Measurements (``python benchmarks/conv_layers.py --repeats 5``): DCGAN 64x64x3, batch 64, float32, on the
-project's 2-core Zen 5 VM *while other jobs ran* (load average 10-13), so absolute times are 5-10x those of
-shared/notes/cpu-performance.md; median ms (GFLOP/s) of 5 interleaved runs. Two earlier runs (xla/phase/gemm,
-and G layers with corr) gave the same ranking except where noted "tie". "corr" = xla fwd/dgrad + the
-dedicated transposed-conv weight gradient; "auto" = the rule below:
+Measurements (``python benchmarks/conv_layers.py --repeats 3``): DCGAN 64x64x3, batch 64, float32, on the
+project's idle 2-core Zen 5 VM, with jaxgan's XLA:CPU defaults (convolutions on XLA's Eigen path, not YNNPACK;
+see ``jaxgan/xla_flags.py``); median ms (GFLOP/s, padding taps included) of 3 interleaved runs. Single layers
+vary by +-30 % between runs (the "auto" column repeats other columns' formulations). "corr" = xla fwd/dgrad +
+the dedicated transposed-conv weight gradient; "auto" = the rule below (before its last revision, see there):
 
     layer    pass               xla           phase            gemm            corr            auto
-    G.up0    fwd        41.1 (   3)     47.3 (   2)     14.3 (   7)     40.1 (   3)      8.2 (  13)
-    G.up0    dgrad      21.5 (   5)     19.6 (   5)     15.2 (   7)     17.5 (   6)     14.4 (   7)
-    G.up0    wgrad      62.5 (   2)     56.8 (   2)     22.2 (   5)     10.7 (  10)      9.0 (  12)
-    G.up1    fwd        96.3 (  45)    104.9 (  41)    108.0 (  40)    107.9 (  40)    109.1 (  39)
-    G.up1    dgrad     198.6 (  22)    173.7 (  25)    299.2 (  14)    222.2 (  19)    168.7 (  25)
-    G.up1    wgrad    9339.9 (   0)    439.4 (  10)    478.9 (   9)    396.5 (  11)    344.2 (  12)
-    G.up2    fwd       300.0 (  14)    212.3 (  20)    344.1 (  12)    270.6 (  16)    232.0 (  19)
-    G.up2    dgrad     234.1 (  18)    206.4 (  21)    674.4 (   6)    233.3 (  18)    207.1 (  21)
-    G.up2    wgrad   10606.2 (   0)    622.2 (   7)    753.4 (   6)    795.9 (   5)    732.8 (   6)
-    G.up3    fwd       473.8 (   9)    252.0 (  17)    807.2 (   5)    508.8 (   8)    211.3 (  20)
-    G.up3    dgrad     251.8 (  17)    392.0 (  11)   1192.3 (   4)    264.3 (  16)    232.8 (  18)
-    G.up3    wgrad   13463.9 (   0)   1132.1 (   4)   2504.0 (   2)   1128.0 (   4)   1016.6 (   4)
-    G.up4    fwd        35.9 (  11)    104.0 (   4)     50.2 (   8)     40.0 (  10)     24.0 (  17)
-    G.up4    dgrad      28.6 (  14)    236.9 (   2)    184.1 (   2)     30.4 (  13)     28.6 (  14)
-    G.up4    wgrad     364.2 (   1)   1319.8 (   0)    193.9 (   2)     71.9 (   6)     60.0 (   7)
-    D.down0  fwd        24.4 (  17)     28.4 (  14)     58.8 (   7)               -     29.0 (  14)
-    D.down0  dgrad      41.9 (  10)     42.4 (   9)     50.1 (   8)               -     35.9 (  11)
-    D.down0  wgrad      92.2 (   4)    175.4 (   2)    186.7 (   2)               -     72.0 (   6)
-    D.down1  fwd       171.7 (  25)    499.9 (   9)    476.0 (   9)               -    228.0 (  19)
-    D.down1  dgrad     279.2 (  15)    208.2 (  21)    291.2 (  15)               -    164.1 (  26)
-    D.down1  wgrad     464.0 (   9)    916.3 (   5)    783.7 (   5)               -    443.6 (  10)
-    D.down2  fwd       220.4 (  19)    608.1 (   7)    327.0 (  13)               -    249.9 (  17)
-    D.down2  dgrad     307.9 (  14)    172.1 (  25)    358.7 (  12)               -    225.3 (  19)
-    D.down2  wgrad     349.4 (  12)   1119.1 (   4)    587.8 (   7)               -    491.7 (   9)
-    D.down3  fwd       173.9 (  25)    153.9 (  28)    136.3 (  32)               -    132.6 (  32)
-    D.down3  dgrad     285.9 (  15)    258.1 (  17)    132.3 (  32)               -    130.7 (  33)
-    D.down3  wgrad     198.5 (  22)    388.3 (  11)    276.1 (  16)               -    196.4 (  22)
-    D.out    fwd         3.8 (   0)      1.0 (   1)     10.1 (   0)               -      1.0 (   1)
-    D.out    dgrad       0.6 (   2)      0.6 (   2)      9.8 (   0)               -      0.8 (   1)
-    D.out    wgrad       1.6 (   1)      1.7 (   1)      1.1 (   1)               -      1.7 (   1)
-    S.conv3  fwd       140.3 (  34)    147.8 (  33)    366.4 (  13)               -    173.0 (  28)
-    S.conv3  dgrad     168.1 (  29)    141.5 (  34)    306.0 (  16)               -    180.8 (  27)
-    S.conv3  wgrad     406.7 (  12)    384.0 (  13)    639.1 (   8)               -    387.1 (  12)
-    sum                     38848.9         10566.3         12638.7          4138.1          6542.2
+    G.up0    fwd         9.6 (  11)      9.2 (  11)      3.7 (  28)      9.5 (  11)      4.1 (  26)
+    G.up0    dgrad       3.8 (  28)      3.2 (  33)      6.7 (  16)      4.2 (  25)      6.3 (  17)
+    G.up0    wgrad      16.3 (   6)     16.5 (   6)      4.7 (  22)      2.8 (  37)      2.7 (  38)
+    G.up1    fwd        28.8 ( 149)     26.3 ( 163)     28.9 ( 149)     28.3 ( 152)     26.1 ( 165)
+    G.up1    dgrad      33.2 ( 129)     41.9 ( 102)     73.4 (  59)     32.7 ( 132)     42.9 ( 100)
+    G.up1    wgrad    1266.6 (   3)     35.9 ( 120)     65.5 (  66)     30.0 ( 143)     29.7 ( 145)
+    G.up2    fwd        51.5 (  83)     30.8 ( 139)     47.0 (  91)     55.0 (  78)     34.2 ( 126)
+    G.up2    dgrad      26.5 ( 162)     34.1 ( 126)    101.3 (  42)     32.9 ( 131)     33.5 ( 128)
+    G.up2    wgrad    1212.9 (   4)     35.6 ( 121)     93.7 (  46)     31.9 ( 135)     30.5 ( 141)
+    G.up3    fwd        97.9 (  44)     37.4 ( 115)     90.8 (  47)     88.1 (  49)     38.7 ( 111)
+    G.up3    dgrad      26.9 ( 159)     47.0 (  91)    179.3 (  24)     36.1 ( 119)     26.2 ( 164)
+    G.up3    wgrad    1360.8 (   3)     64.5 (  67)    282.8 (  15)     45.4 (  95)     37.7 ( 114)
+    G.up4    fwd         8.2 (  49)     33.3 (  12)     10.8 (  37)      7.9 (  51)      7.4 (  55)
+    G.up4    dgrad       7.3 (  55)     39.5 (  10)     35.3 (  11)      9.5 (  42)      7.1 (  57)
+    G.up4    wgrad      57.4 (   7)     88.0 (   5)     32.5 (  12)      9.5 (  42)     10.0 (  40)
+    D.down0  fwd         7.0 (  58)      4.2 (  96)     10.7 (  37)               -      7.2 (  56)
+    D.down0  dgrad       8.8 (  46)      6.9 (  59)      7.2 (  56)               -      9.1 (  44)
+    D.down0  wgrad       8.1 (  49)     10.5 (  38)     32.7 (  12)               -     11.0 (  37)
+    D.down1  fwd        25.4 ( 169)     33.7 ( 127)     88.7 (  48)               -     39.0 ( 110)
+    D.down1  dgrad     108.8 (  39)     35.0 ( 123)     77.8 (  55)               -     36.6 ( 118)
+    D.down1  wgrad      33.3 ( 129)     34.4 ( 125)    124.5 (  34)               -     46.7 (  92)
+    D.down2  fwd        25.3 ( 170)     28.2 ( 152)     65.4 (  66)               -     31.8 ( 135)
+    D.down2  dgrad      50.7 (  85)     32.7 ( 131)     48.6 (  88)               -     32.8 ( 131)
+    D.down2  wgrad      28.3 ( 152)     34.4 ( 125)     68.9 (  62)               -     33.7 ( 128)
+    D.down3  fwd        25.0 ( 172)     26.8 ( 160)     28.7 ( 150)               -     30.7 ( 140)
+    D.down3  dgrad      33.5 ( 128)     41.5 ( 103)     27.0 ( 159)               -     26.9 ( 160)
+    D.down3  wgrad      27.2 ( 158)     28.9 ( 148)     46.2 (  93)               -     30.2 ( 142)
+    D.out    fwd         0.7 (   2)      0.7 (   1)      1.0 (   1)               -      0.7 (   1)
+    D.out    dgrad       0.7 (   1)      0.5 (   2)      4.4 (   0)               -      0.9 (   1)
+    D.out    wgrad       1.5 (   1)      1.2 (   1)      1.1 (   1)               -      1.3 (   1)
+    S.conv3  fwd        27.2 ( 178)     27.4 ( 177)     85.0 (  57)               -     37.0 ( 131)
+    S.conv3  dgrad      28.6 ( 169)     28.9 ( 167)     80.2 (  60)               -     35.9 ( 135)
+    S.conv3  wgrad      50.5 (  96)     50.8 (  95)    122.1 (  40)               -     58.7 (  82)
+    sum                      4698.2           970.0          1976.6           423.7           807.2
 
 Auto rule on cpu ("fwd/dgrad/wgrad"; hw = input height*width; see ``_auto_cpu``)::
 
     ConvTranspose stride 1: 1x1 input -> "gemm/gemm/corr" (G.up0, a dense projection), else "xla"
     ConvTranspose stride>1: features <= 16 -> "xla/xla/corr" (G.up4, to-image)
-                            hw >= 256     -> "phase/xla/corr" (G.up3; xla dgrad won 3 of 3 runs)
-                            else          -> "phase/phase/corr" (G.up1, G.up2; phase vs corr wgrad: tie)
-    Conv stride 1 or in_features <= 16 -> "xla" (D.out, SNGAN 3x3, D.down0: differences within noise)
-    Conv stride>1: hw <= 64 -> "gemm/gemm/xla" (D.down3), else "xla/phase/xla" (D.down1, D.down2)
+                            else          -> "phase/xla/corr" (G.up1-3)
+    Conv stride 1                     -> "xla" (D.out, SNGAN 3x3)
+    Conv stride>1: in_features <= 16  -> "phase/phase/xla" (D.down0, from-image)
+                   hw <= 64           -> "xla/gemm/xla" (D.down3)
+                   else               -> "xla/phase/xla" (D.down1, D.down2)
 
-(The "corr" sum covers only the G rows.) All passes: auto 6.5 s vs flax ("xla") 38.8 s under this load.
-The transposed-conv weight gradient drops from ~10 s to ~0.4-1 s per layer here (60-80x less on a quiet
-machine per the notes); the rest are 1.1-2x gains per pass. Re-measure on a quiet machine before tuning further.
+The last revision (G.up1/2 dgrad phase -> xla, D.down3 fwd gemm -> xla, D.down0 xla -> phase/phase/xla) was
+chosen on whole training steps, which vary less than single layers: DCGAN 64x64x3 0.77-0.78 -> 0.84-0.89
+steps/s in two alternating pairs of runs, 32x32x1 unchanged within noise (3.96-4.00 vs 4.02-4.22). The
+transposed-conv weight gradient is the case that matters most: XLA's own runs at 3-7 GFLOP/s, 30-40x slower
+than "corr"/"phase". (With jaxlib's default of YNNPACK convolutions the "xla" weight gradients of the strided
+convs ran 1.6-3x slower again; hence jaxgan/xla_flags.py.)
 """
 from __future__ import annotations
 
@@ -255,10 +259,12 @@ def _auto_cpu(kind, s, cin, cout, hw):
       return "gemm/gemm/corr" if area == 1 else "xla"  # 1x1 -> KxK projection (DCGAN G.up0) is a GEMM
     if cout <= 16:
       return "xla/xla/corr"                             # to-image layer (G.up4)
-    return "phase/xla/corr" if area >= 256 else "phase/phase/corr"
-  if max(s) == 1 or cin <= 16:
-    return "xla"                                        # stride-1 convs, from-image layer (D.down0)
-  return "gemm/gemm/xla" if area <= 64 else "xla/phase/xla"
+    return "phase/xla/corr"                             # G.up1-3
+  if max(s) == 1:
+    return "xla"                                        # stride-1 convs (D.out, SNGAN 3x3)
+  if cin <= 16:
+    return "phase/phase/xla"                            # from-image layer (D.down0)
+  return "xla/gemm/xla" if area <= 64 else "xla/phase/xla"
 
 
 def _resolve(impl, kind, s, cin, cout, hw):
