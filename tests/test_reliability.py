@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from jaxgan import experiment, reliability, training
+from jaxgan import experiment, reliability, training, xla_flags
 from jaxgan.checkpoint import Checkpointer
 
 CACHE = str(REPO / ".jax_cache")
@@ -103,7 +103,9 @@ def test_workdir_records_what_a_rerun_needs(reference):
     assert info["device_kind"] and info["device_count"] == 1 and info["platform"] == "cpu"
     assert len(info["git_revision"]) == 40 and isinstance(info["git_dirty"], bool)
     assert info["command"][0].endswith("train.py") and f"--workdir={workdir}" in info["command"]
-    assert info["environment"]["XLA_FLAGS"] == ENV["XLA_FLAGS"]
+    # The flags the run used: the caller's plus jaxgan's XLA:CPU default (jaxgan/xla_flags.py).
+    assert info["environment"]["XLA_FLAGS"] == (f'{ENV["XLA_FLAGS"]} {xla_flags.YNN_FUSION_FLAG}='
+                                                f'{xla_flags.CPU_YNN_FUSIONS}')
 
 
 def test_sigterm_at_a_random_step_then_resume_is_bit_exact(reference, tmp_path):
