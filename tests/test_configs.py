@@ -30,3 +30,33 @@ def test_expected_configs_exist():
                  "celeba64_dcgan.cfg", "ring8_gan.cfg", "ring8_minimax.cfg", "ring8_lsgan.cfg", "ring8_wgan_clip.cfg",
                  "ring8_wgan_gp.cfg"):
         assert name in names, name
+
+
+STUDIES = sorted((REPO / "launch" / "configs" / "studies").glob("*.cfg"))
+SWEEP_ONLY = {"sweep", "losses", "eval_samples", "w1_samples", "chunk", "search", "trials", "search_seed"}
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_study_flagfile_plans_valid_groups(path: pathlib.Path, tmp_path):
+    """Every study flagfile parses, and each of its groups is a valid experiment (no training)."""
+    from jaxgan import sweep
+    config_lines, sweeps, losses = [], [], []
+    for line in path.read_text().splitlines():
+        flag = line.split("#", 1)[0].strip()
+        name, _, value = flag.lstrip("-").partition("=")
+        if name == "sweep":
+            sweeps.append(sweep.parse_sweep_flag(value))
+        elif name == "losses":
+            losses = value.split(",")
+        elif name not in SWEEP_ONLY:
+            config_lines.append(line)
+    base_file = tmp_path / "base.cfg"
+    base_file.write_text("\n".join(config_lines))
+    base = experiment.Config(**_common.read_flagfile(base_file, experiment.Config))
+    groups = sweep.plan(base, seeds=2, sweep=sweeps, groups=losses)
+    assert groups and all(len(g.runs) >= 2 for g in groups)
+    for group in groups:
+        experiment.validate(group.config)
+        for run in group.runs:
+            experiment.validate(run.config)
+    assert len(STUDIES) >= 9
