@@ -252,8 +252,13 @@ def _validate_reliability_and_combinations(config: Config, device_count: int | N
                   f"uses BatchNorm, which couples the examples of a batch; set --d_normalization=layer_norm or none")
 
 
-def make_optimizer(config: Config, learning_rate: float, b1: float | None = None) -> optax.GradientTransformation:
-    """The optimizer named by ``--optimizer`` with an injectable learning rate (for sweeps and rollback)."""
+def make_optimizer(config: Config, learning_rate: float, b1: float | None = None, *,
+                   updates_per_step: int = 1) -> optax.GradientTransformation:
+    """The optimizer named by ``--optimizer`` with an injectable learning rate (for sweeps and rollback).
+
+    ``--lr_decay=linear`` scales the updates from 1 to 0 over ``config.steps * updates_per_step`` updates: the
+    schedule counts optimizer updates, and the discriminator makes ``n_critic`` of them per training step.
+    """
     b1 = config.b1 if b1 is None else b1
     if config.optimizer == "adam":
         opt = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate, b1=b1, b2=config.b2)
@@ -262,7 +267,8 @@ def make_optimizer(config: Config, learning_rate: float, b1: float | None = None
     else:
         opt = optax.inject_hyperparams(optax.sgd)(learning_rate=learning_rate)
     if config.lr_decay == "linear":
-        opt = optax.chain(opt, optax.scale_by_schedule(optax.linear_schedule(1.0, 0.0, config.steps)))
+        opt = optax.chain(opt, optax.scale_by_schedule(
+            optax.linear_schedule(1.0, 0.0, config.steps * updates_per_step)))
     return opt
 
 
@@ -335,5 +341,5 @@ def build(config: Config, *, num_classes: int | None = None, axis_name: str | No
                           f"discriminator uses BatchNorm, which couples the examples of a batch; set "
                           f"--d_normalization=layer_norm or none")
     return Experiment(config, generator, discriminator, objective, make_optimizer(config, config.g_lr),
-                      make_optimizer(config, config.d_lr), data_shape, num_classes, initial_hparams(config, objective),
+                      make_optimizer(config, config.d_lr, updates_per_step=config.n_critic), data_shape, num_classes, initial_hparams(config, objective),
                       mixture)

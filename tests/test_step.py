@@ -149,3 +149,33 @@ def test_image_gan_step_with_batch_norm_runs_separate_d_calls_and_updates_stats(
     assert float(m["finite"]) == 1.0
     changed = [not np.array_equal(a, b) for a, b in zip(leaves(new.d.model_state), leaves(state.d.model_state))]
     assert all(changed)  # running statistics of every D BatchNorm moved
+
+
+def _schedule_counts(opt_state):
+    states = jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByScheduleState))
+    return [int(s.count) for s in states if isinstance(s, optax.ScaleByScheduleState)]
+
+
+def test_linear_lr_decay_spans_all_steps_for_both_players_with_n_critic():
+    """--lr_decay=linear counts optimizer updates; D makes n_critic per step, so both players' scales must be
+    1 - t/steps after t steps (a D schedule over `steps` updates froze the critic after steps/n_critic steps)."""
+    steps, n_critic = 4, 5
+    config = Config(width=8, depth=1, batch_size=16, loss="wasserstein", penalty="gradient_penalty", optimizer="sgd",
+                    n_critic=n_critic, steps=steps, lr_decay="linear", g_lr=1e-2, d_lr=1e-2)
+    exp = experiment.build(config)
+    step = jax.jit(exp.train_step())
+    state = exp.init(jax.random.key(0))
+    batch = {"x": jax.random.normal(jax.random.key(1), (n_critic, 16, 2))}
+    for t in range(1, steps + 1):
+        before = state
+        state, _ = step(state, batch)
+        assert _schedule_counts(state.g.opt_state) == [t]
+        assert _schedule_counts(state.d.opt_state) == [n_critic * t]
+        # Every step of the run still moves both players (the last with scale 1/steps for G, 1/20 for D's last update).
+        for old, new in ((before.g.params, state.g.params), (before.d.params, state.d.params)):
+            moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new)))
+            assert moved > 0.0, t
+    d_schedule = optax.linear_schedule(1.0, 0.0, steps * n_critic)
+    g_schedule = optax.linear_schedule(1.0, 0.0, steps)
+    for t in range(steps + 1):  # the scale at the start of step t is the same for both players
+        assert float(d_schedule(n_critic * t)) == pytest.approx(float(g_schedule(t)))
