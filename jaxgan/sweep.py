@@ -439,7 +439,10 @@ def make_trainer(exp, config: Config, vmapped: bool, mesh: Mesh | None = None) -
             def body(carry, inputs):
                 t, batch = inputs
                 return per_run(carry, data_keys, t, batch)
-            return jax.lax.scan(body, state, (t0 + jnp.arange(length), batches), length=length)
+            # Image models: inline the steps; XLA:CPU runs convolutions inside while loops ~25x slower
+            # (the reason jaxgan.step unrolls the critic steps too).
+            return jax.lax.scan(body, state, (t0 + jnp.arange(length), batches), length=length,
+                                unroll=True if not config.is_toy else 1)
         on_devices = _on_seed_axis(scan, mesh, (_RUNS, _RUNS, P(), _STEPS_RUNS), (_RUNS, _STEPS_RUNS))
         return on_devices(state, data_keys, t0, batches)
 
@@ -465,8 +468,9 @@ def run_group(group: Group, *, chunk: int | None = None, steps_per_call: int = 0
         ``launch/train.py``). The last chunk is padded with copies of its last run (their results dropped) so
         every chunk uses the same compiled program. With a ``mesh`` of K seed devices, an explicit chunk must
         be a multiple of K (`SweepError` otherwise); the default is rounded up to one.
-      steps_per_call: steps per jitted call (``lax.scan``); 0: up to the next evaluation (toy data) or 25
-        (image data, whose batches come from the host).
+      steps_per_call: steps per jitted call (``lax.scan``); 0: up to the next evaluation (toy data) or 1
+        (image data, whose batches come from the host; K > 1 inlines K steps in one program: longer compilation,
+        since convolutions inside a while loop run ~25x slower on XLA:CPU).
       eval_every: steps between evaluations (training metrics of that step + sample metrics); 0: config.log_every.
       num_samples: final samples per run (samples.npy and final metrics); None: config.num_samples for 2D data,
         256 for images.
@@ -500,7 +504,7 @@ def run_group(group: Group, *, chunk: int | None = None, steps_per_call: int = 0
     mid_eval = final_eval if eval_samples == num_samples else _Evaluator(exp, config, eval_samples,
                                                                          classifier_params, mesh=mesh)
     if not steps_per_call:
-        steps_per_call = eval_every if config.is_toy else 25
+        steps_per_call = eval_every if config.is_toy else 1
     train_fn = make_trainer(exp, config, vmapped, mesh)
 
     hparam_names = list(runs[0].hparams)
