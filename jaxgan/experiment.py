@@ -340,6 +340,6 @@ def build(config: Config, *, num_classes: int | None = None, axis_name: str | No
         raise ConfigError(f"--penalty={config.penalty} needs per-example gradients, but the {config.model} "
                           f"discriminator uses BatchNorm, which couples the examples of a batch; set "
                           f"--d_normalization=layer_norm or none")
-    return Experiment(config, generator, discriminator, objective, make_optimizer(config, config.g_lr),
-                      make_optimizer(config, config.d_lr, updates_per_step=config.n_critic), data_shape, num_classes, initial_hparams(config, objective),
-                      mixture)
+    d_optimizer = make_optimizer(config, config.d_lr, updates_per_step=config.n_critic)
+    return Experiment(config, generator, discriminator, objective, make_optimizer(config, config.g_lr), d_optimizer,
+                      data_shape, num_classes, initial_hparams(config, objective), mixture)
