@@ -435,7 +435,7 @@ def make_trainer(exp, config: Config, vmapped: bool, mesh: Mesh | None = None) -
     per_run = jax.vmap(one_step, in_axes=(0, 0, None, 0)) if vmapped else one_step
 
     def train_calls(state, data_keys, t0, batches, length):
-        def scan(state, data_keys, t0, batches):
+        def run_steps(state, data_keys, t0, batches):
             def body(carry, inputs):
                 t, batch = inputs
                 return per_run(carry, data_keys, t, batch)
@@ -448,7 +448,7 @@ def make_trainer(exp, config: Config, vmapped: bool, mesh: Mesh | None = None) -
                 state, m = body(state, (t0 + i, jax.tree.map(lambda b: b[i], batches)))
                 metrics.append(m)
             return state, jax.tree.map(lambda *ms: jnp.stack(ms), *metrics)
-        on_devices = _on_seed_axis(scan, mesh, (_RUNS, _RUNS, P(), _STEPS_RUNS), (_RUNS, _STEPS_RUNS))
+        on_devices = _on_seed_axis(run_steps, mesh, (_RUNS, _RUNS, P(), _STEPS_RUNS), (_RUNS, _STEPS_RUNS))
         return on_devices(state, data_keys, t0, batches)
 
     return jax.jit(train_calls, static_argnames="length", donate_argnums=0)
