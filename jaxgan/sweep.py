@@ -491,13 +491,12 @@ def run_group(group: Group, *, chunk: int | None = None, steps_per_call: int = 0
                          f"use a mesh with a data axis of 1 (sweep_mesh)")
     seed_devices = 1 if mesh is None else parallel.seed_size(mesh)
     mesh = mesh if seed_devices > 1 else None
-    check_chunk(chunk, seed_devices)  # before any data is loaded
+    runs = group.runs
+    chunk = resolve_chunk(chunk, len(runs), platform=jax.default_backend(), model=config.model,
+                          seed_devices=seed_devices)  # validates an explicit chunk before any data is loaded
     log = log or (lambda s: None)
     data_probe = None if config.is_toy else _image_data(group.runs[0].config)
     exp = experiment_lib.build(config, num_classes=0 if config.is_toy else data_probe.num_classes)
-    runs = group.runs
-    chunk = resolve_chunk(chunk, len(runs), platform=jax.default_backend(), model=config.model,
-                          seed_devices=seed_devices)
     vmapped = chunk > 1
     steps = config.steps
     eval_every = eval_every or config.log_every
