@@ -5,22 +5,31 @@
     python benchmarks/step_throughput.py --model=mlp --batch_size=256 --steps_per_call=1,10,100
     python benchmarks/step_throughput.py --model=sngan --image_size=32 --channels=3
     python benchmarks/step_throughput.py --model=dcgan --compute_dtype=bfloat16
+    python benchmarks/step_throughput.py --model=sngan --image_size=128 --batch_size=64 --compare_torch --peak  # GPU
 
 What is timed: the real train step (`jaxgan.experiment.Experiment.train_step`, the one ``launch/train.py`` runs:
 n_critic D updates then one G update, Adam, the --loss objective, metrics), jitted with the state donated, on random
 data already on the device (no input pipeline, no logging). The program is compiled ahead of time
 (``jit(...).lower(...).compile()``: that is ``compile_sec``), warmed up, then ``--blocks`` blocks of
 ``--block_steps`` steps are timed with ``block_until_ready`` and the median block gives steps/s. FLOPs per step
-come from XLA's ``cost_analysis()`` of the compiled program (per call, divided by ``steps_per_call``).
+are those of the network's convolutions and matmuls in one step, counted on the jaxpr (`network_flops`); XLA's own ``cost_analysis()`` of the compiled program is
+reported beside it (``xla_flops_per_step``; on GPU it does not count cuDNN convolutions).
 
 ``--steps_per_call=K`` runs K steps per jitted call (`jaxgan.step.make_multi_step`, ``lax.scan``; ``--unroll``
 inlines them). A comma-separated list measures several values, interleaved.
 
-``--compare_torch`` (DCGAN 32/64 px only; needs ``pip install torch``, skipped with a message otherwise) builds the
-identical network and step in PyTorch eager (``benchmarks/torch_dcgan.py``), asserts equal parameter counts, and
-alternates timed blocks of jaxgan and torch in this process (same load on the shared machine), printing both
-medians and the paired ratio (median of per-block-pair ratios). ``--torch_variant=examples`` times the
-pytorch/examples loop instead (one G forward per step; jaxgan's step samples fresh latents for the G update).
+``--compare_torch`` (DCGAN and SNGAN at 32/64/128 px; needs ``pip install torch``, skipped with a message
+otherwise) builds the identical network and step in PyTorch eager (``benchmarks/torch_dcgan.py``,
+``benchmarks/torch_sngan.py``) on the accelerator JAX uses (CUDA when JAX runs on a GPU, with
+``cudnn.benchmark``; else CPU), in the same ``--compute_dtype`` (bfloat16 = ``torch.autocast``), asserts equal
+parameter counts, and alternates timed blocks of jaxgan and torch in this process (same load on the shared
+machine), printing both medians and the paired ratio (median of per-block-pair ratios).
+``--torch_variant=examples`` times the pytorch/examples loop instead (DCGAN; one G forward per step; jaxgan's
+step samples fresh latents for the G update).
+
+``--peak`` measures an 8192^3 matmul in ``--compute_dtype`` (JAX's default precision: TF32 for float32 on
+Ampere/Hopper GPUs) and reports the fraction of it, and of the datasheet peak for H100/H200, that each step reaches
+(XLA's FLOP count; the torch step computes the same network, so the same count).
 
 ``--conv_impl`` overrides the convolution formulation of `jaxgan.models.layers` (default ``auto``; ``xla`` = plain
 flax/XLA convolutions) to measure the variants.
@@ -72,6 +81,9 @@ def parse_args(argv=None):
     p.add_argument("--torch_variant", default="jaxgan", choices=["jaxgan", "examples"])
     p.add_argument("--torch_channels_last", action="store_true")
     p.add_argument("--torch_threads", type=int, default=0, help="0: torch's default")
+    p.add_argument("--peak", action="store_true",
+                   help="also measure a large matmul's TFLOP/s in --compute_dtype and report the fraction of it "
+                        "(and of the datasheet peak, for known GPUs) that the step reaches")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -90,14 +102,88 @@ def random_batch(exp, config: Config, key, leading=()):
     return {"x": jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0)}
 
 
-def _flops(compiled) -> float | None:
+def _flops(stage) -> float | None:
+    """XLA's FLOP count of a ``Lowered`` or ``Compiled`` program (None where the backend has none)."""
     try:
-        cost = compiled.cost_analysis()
+        cost = stage.cost_analysis()
     except Exception:  # noqa: BLE001 - some backends do not implement it
         return None
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else None
     return None if not cost or "flops" not in cost else float(cost["flops"])
+
+
+def _valid_taps(out: int, kernel: int, inp: int, stride: int, lo: int, lhs_dil: int, rhs_dil: int) -> int:
+    """(output position, kernel tap) pairs of one spatial dimension that land on a real input element
+    (not on padding or on the holes of an input dilation)."""
+    n = 0
+    for o in range(out):
+        for k in range(kernel):
+            q = o * stride + k * rhs_dil - lo
+            n += q >= 0 and q % lhs_dil == 0 and q // lhs_dil < inp
+    return n
+
+
+def _conv_flops(eqn) -> float:
+    lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
+    out = eqn.outvars[0].aval.shape
+    p = eqn.params
+    dn = p["dimension_numbers"]
+    pairs = 1
+    for d in range(len(p["window_strides"])):
+        pairs *= _valid_taps(out[dn.out_spec[2 + d]], rhs[dn.rhs_spec[2 + d]], lhs[dn.lhs_spec[2 + d]],
+                             p["window_strides"][d], p["padding"][d][0], p["lhs_dilation"][d], p["rhs_dilation"][d])
+    cin = lhs[dn.lhs_spec[1]] // p["feature_group_count"]
+    return 2.0 * out[dn.out_spec[0]] * out[dn.out_spec[1]] * cin * pairs
+
+
+def _dot_flops(eqn) -> float:
+    lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    size = lambda shape, dims: float(np.prod([shape[d] for d in dims])) if dims else 1.0  # noqa: E731
+    free_l = [d for d in range(len(lhs)) if d not in lc and d not in lb]
+    free_r = [d for d in range(len(rhs)) if d not in rc and d not in rb]
+    return 2.0 * size(lhs, lb) * size(lhs, free_l) * size(rhs, free_r) * size(lhs, lc)
+
+
+def model_flops(jaxpr) -> float:
+    """FLOPs of the convolutions and matmuls of a (closed) jaxpr, counting only products with real inputs
+    (padding and dilation holes excluded, like XLA's cost analysis and the usual MFU convention), so that the
+    formulations of `jaxgan.models.layers` count the same; scan bodies count ``length`` times, while bodies once,
+    cond the costliest branch. Elementwise work is not counted (a few % of a conv net's)."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "conv_general_dilated":
+            total += _conv_flops(eqn)
+        elif name == "dot_general":
+            total += _dot_flops(eqn)
+        elif name == "cond":
+            total += max(model_flops(b) for b in eqn.params["branches"])
+        else:
+            inner = 0.0
+            for v in eqn.params.values():
+                for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+                    if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
+                        inner += model_flops(sub)
+            total += inner * (eqn.params["length"] if name == "scan" else 1)
+    return total
+
+
+def network_flops(config: Config, state, batch, steps_per_call: int = 1) -> float:
+    """`model_flops` of one train step of ``config`` as the network defines it: traced with every layer of
+    `jaxgan.models.layers` forced to plain XLA convolutions (a fresh experiment, so no trace is shared with the
+    timed program), since the faster formulations pad explicitly and would count some zeros. Counted on the
+    jaxpr because XLA's cost analysis does not count cuDNN's convolutions (custom calls) on GPU."""
+    original = layers._resolve
+    layers._resolve = lambda impl, kind, *a: original("xla", kind, *a)
+    try:
+        step = experiment_lib.build(config).train_step()
+        one = jax.tree.map(lambda x: x[0], batch) if steps_per_call > 1 else batch  # [K, n_critic, B, ...]
+        return model_flops(jax.make_jaxpr(step)(state, one))
+    finally:
+        layers._resolve = original
 
 
 class JaxRunner:
@@ -122,10 +208,10 @@ class JaxRunner:
         self.compiled = lowered.compile()
         t2 = time.perf_counter()
         self.trace_sec, self.compile_sec = t1 - t0, t2 - t1
-        flops = _flops(self.compiled)
-        # XLA counts a while loop's body once: under lax.scan the program's count is already per step
-        per_call = steps_per_call if (unroll or steps_per_call == 1) else 1
-        self.flops_per_step = None if flops is None else flops / per_call
+        self.flops_per_step = network_flops(config, self.state, self.batch, steps_per_call)
+        self.xla_flops_per_step = _flops(self.compiled)
+        if self.xla_flops_per_step is not None:  # XLA counts a while loop's body once: under lax.scan it is per step
+            self.xla_flops_per_step /= steps_per_call if (unroll or steps_per_call == 1) else 1
 
     def run(self, calls: int):
         for _ in range(calls):
@@ -142,6 +228,70 @@ def time_block(fn, n: int) -> float:
 
 def count_params(tree) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+TORCH_TWINS = {"dcgan": ("torch_dcgan", "TorchDCGAN", (32, 64, 128)), "sngan": ("torch_sngan", "TorchSNGAN", (32, 64, 128))}
+
+
+def make_torch_twin(args, exp, counts):
+    """The PyTorch twin of the benchmarked network and step on the accelerator JAX uses (else CPU), or None
+    with a message when there is none (model, size or torch missing). Asserts equal parameter counts."""
+    if args.model not in TORCH_TWINS or args.image_size not in TORCH_TWINS[args.model][2]:
+        print(f"--compare_torch: --model={args.model} at {args.image_size} px has no torch twin "
+              f"(twins: {', '.join(f'{m} {sizes}' for m, (_, _, sizes) in TORCH_TWINS.items())}); skipped")
+        return None
+    module_name, class_name, _ = TORCH_TWINS[args.model]
+    try:
+        import importlib
+        import torch
+        twin_module = importlib.import_module(module_name)
+    except ImportError as e:
+        print(f"--compare_torch: torch is not importable ({e}); skipped (pip install torch)")
+        return None
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True  # what a tuned PyTorch training script sets
+    kw = dict(device=device, compute_dtype=args.compute_dtype)
+    if args.model == "dcgan":
+        model = twin_module.TorchDCGAN(args.image_size, args.channels, exp.generator.latent_dim, exp.generator.ngf,
+                                       variant=args.torch_variant, channels_last=args.torch_channels_last, **kw)
+    else:
+        model = twin_module.TorchSNGAN(args.image_size, args.channels, exp.generator.latent_dim, exp.generator.ch,
+                                       loss=args.loss, n_critic=args.n_critic, **kw)
+    tg, td = twin_module.num_params(model.g), twin_module.num_params(model.d)
+    print(f"torch parameters:  G {tg:,}  D {td:,}  (torch {torch.__version__}, {device}, "
+          f"{torch.get_num_threads()} CPU threads, variant {args.torch_variant})")
+    assert (tg, td) == tuple(counts), f"parameter counts differ: torch {(tg, td)} vs jaxgan {tuple(counts)}"
+    return model
+
+
+# Dense (no sparsity) peak TFLOP/s from NVIDIA's H100 SXM datasheet (the H200 has the same compute);
+# "float32" is JAX's default float32 matmul/conv precision on these GPUs (TF32 tensor cores).
+DATASHEET_TFLOPS = {"H100": {"bfloat16": 989.4, "float32": 494.7}, "H200": {"bfloat16": 989.4, "float32": 494.7}}
+
+
+def datasheet_tflops(device_kind: str, dtype: str) -> float | None:
+    for name, peaks in DATASHEET_TFLOPS.items():
+        if name in device_kind:
+            return peaks[dtype]
+    return None
+
+
+def matmul_tflops(dtype: str, n: int = 8192, repeats: int = 10) -> float:
+    """Measured rate of an n x n x n matmul in ``dtype`` at JAX's default precision: the attainable peak."""
+    ka, kb = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(ka, (n, n), jnp.dtype(dtype))
+    b = jax.random.normal(kb, (n, n), jnp.dtype(dtype))
+    f = jax.jit(lambda a, b: a @ b)
+    f(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a, b).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times) / 1e12
 
 
 def main(argv=None):
@@ -167,32 +317,17 @@ def main(argv=None):
     d_params = count_params(next(iter(runners.values())).state.d.params)
     print(f"jaxgan parameters: G {g_params:,}  D {d_params:,}")
 
-    torch_model = None
-    if args.compare_torch:
-        if args.model != "dcgan" or args.image_size not in (32, 64):
-            print(f"--compare_torch: only --model=dcgan at 32 or 64 px has a torch twin; skipped")
-        else:
-            try:
-                import torch
-                import torch_dcgan
-            except ImportError as e:
-                print(f"--compare_torch: torch is not importable ({e}); skipped (pip install torch)")
-            else:
-                if args.torch_threads:
-                    torch.set_num_threads(args.torch_threads)
-                torch_model = torch_dcgan.TorchDCGAN(args.image_size, args.channels, exp.generator.latent_dim,
-                                                     exp.generator.ngf, variant=args.torch_variant,
-                                                     channels_last=args.torch_channels_last)
-                tg, td = torch_dcgan.num_params(torch_model.g), torch_dcgan.num_params(torch_model.d)
-                print(f"torch parameters:  G {tg:,}  D {td:,}  (torch {torch.__version__}, "
-                      f"{torch.get_num_threads()} threads, variant {args.torch_variant})")
-                assert (tg, td) == (g_params, d_params), f"parameter counts differ: torch {(tg, td)} vs jaxgan " \
-                                                         f"{(g_params, d_params)}"
-                real = torch.rand(args.batch_size, args.channels, args.image_size, args.image_size) * 2 - 1
+    torch_model = make_torch_twin(args, exp, (g_params, d_params)) if args.compare_torch else None
+    if torch_model is not None:
+        import torch
+        real = torch.rand(*((args.n_critic,) if args.n_critic > 1 else ()), args.batch_size, args.channels,
+                          args.image_size, args.image_size, device=torch_model.device) * 2 - 1
+        sync = torch.cuda.synchronize if torch_model.device.type == "cuda" else (lambda: None)
 
-                def torch_run(n, model=torch_model, real=real):
-                    for _ in range(n):
-                        model.step(real)
+        def torch_run(n, model=torch_model, real=real):
+            for _ in range(n):
+                model.step(real)
+            sync()
 
     # warm up and size the blocks: each block ~ --block_sec
     fns, calls_per_block, steps_per_call = {}, {}, {}
@@ -224,7 +359,8 @@ def main(argv=None):
     sps = statistics.median(rates[main_name])
     result = {"model": args.model, "steps_per_sec": round(sps, 4), "images_per_sec": round(sps * images_per_step, 2),
               "compile_sec": round(r0.compile_sec, 3), "trace_sec": round(r0.trace_sec, 3),
-              "flops_per_step": r0.flops_per_step, "device": device_name,
+              "flops_per_step": r0.flops_per_step, "xla_flops_per_step": r0.xla_flops_per_step,
+              "device": device_name,
               "gflops_per_sec": None if r0.flops_per_step is None else round(sps * r0.flops_per_step / 1e9, 2),
               "image_size": None if args.model == "mlp" else args.image_size,
               "channels": None if args.model == "mlp" else args.channels, "batch_size": args.batch_size,
@@ -239,9 +375,26 @@ def main(argv=None):
         paired = [a / b for a, b in zip(rates[main_name], rates["torch"])]
         print(f"\nratio jaxgan/torch: {sps / tps:.3f} (medians), paired {statistics.median(paired):.3f} "
               f"(min {min(paired):.3f}, max {max(paired):.3f}) over {len(paired)} interleaved block pairs")
-        result.update(torch_steps_per_sec=round(tps, 4), torch_images_per_sec=round(tps * args.batch_size, 2),
+        result.update(torch_steps_per_sec=round(tps, 4), torch_images_per_sec=round(tps * images_per_step, 2),
                       ratio=round(sps / tps, 4), paired_ratio=round(statistics.median(paired), 4),
-                      torch_variant=args.torch_variant, torch_channels_last=args.torch_channels_last)
+                      torch_variant=args.torch_variant, torch_channels_last=args.torch_channels_last,
+                      torch_device=str(torch_model.device))
+    if args.peak:
+        peak = matmul_tflops(args.compute_dtype, n=8192 if device.platform != "cpu" else 2048)
+        sheet = datasheet_tflops(device.device_kind, args.compute_dtype)
+        achieved = {"jaxgan": sps * (r0.flops_per_step or float("nan")) / 1e12}
+        if torch_model is not None:
+            achieved["torch"] = statistics.median(rates["torch"]) * (r0.flops_per_step or float("nan")) / 1e12
+        print(f"\nmatmul peak ({args.compute_dtype}, measured): {peak:.1f} TFLOP/s"
+              + (f"; datasheet {sheet:.1f}" if sheet else ""))
+        for name, tf in achieved.items():
+            print(f"{name:<8} {tf:8.2f} TFLOP/s = {tf / peak:.1%} of the measured matmul peak"
+                  + (f", {tf / sheet:.1%} of the datasheet peak" if sheet else ""))
+        result.update(matmul_peak_tflops=round(peak, 2), datasheet_peak_tflops=sheet,
+                      fraction_of_peak=round(achieved["jaxgan"] / peak, 4),
+                      fraction_of_datasheet_peak=None if not sheet else round(achieved["jaxgan"] / sheet, 4))
+        if "torch" in achieved:
+            result.update(torch_fraction_of_peak=round(achieved["torch"] / peak, 4))
     print(json.dumps(result))
     return result
 

@@ -1,9 +1,9 @@
-"""PyTorch DCGAN identical to ``jaxgan.models.dcgan`` (32/64 px), its train step, and weight copying.
+"""PyTorch DCGAN identical to ``jaxgan.models.dcgan`` (32/64/128 px), its train step, and weight copying.
 
 Used by ``benchmarks/step_throughput.py --compare_torch`` and ``tests/test_performance.py``. torch is an
 optional dependency (``pip install torch``); this module imports it at import time.
 
-The network is pytorch/examples ``dcgan/main.py`` generalised to 32 and 64 px exactly as jaxgan's DCGAN is:
+The network is pytorch/examples ``dcgan/main.py`` generalised to 32, 64 and 128 px exactly as jaxgan's DCGAN is:
 G: ConvTranspose2d(nz, ngf*2**(n-1), 4, 1, 0) -> n x ConvTranspose2d(k=4, s=2, p=1), BatchNorm + ReLU after every
 layer but the last, tanh; D: n x Conv2d(k=4, s=2, p=1) with LeakyReLU(0.2) and BatchNorm on all but the first, then
 Conv2d(., 1, 4, 1, 0) -> logit. No conv biases; BN momentum 0.1, eps 1e-5; N(0, 0.02) kernels, BN scale N(1, 0.02).
@@ -16,6 +16,9 @@ Two train-step variants (both: Adam(2e-4, 0.5, 0.999), non-saturating loss, BN i
   cheaper choice for torch; jaxgan's XLA program never computes them either).
 * ``"examples"``: the pytorch/examples loop: the G update reuses the fake of the D update (one G forward per step)
   and computes D's weight-gradients too (unused).
+
+``device`` runs it on a CUDA GPU (``"cuda"``); ``compute_dtype="bfloat16"`` wraps the forward passes in
+``torch.autocast`` (parameters and Adam state stay float32), as jaxgan's ``--compute_dtype=bfloat16`` does.
 """
 from __future__ import annotations
 
@@ -28,8 +31,8 @@ import torch.nn.functional as F
 
 
 def _stages(image_size: int) -> int:
-    if image_size not in (32, 64):
-        raise ValueError(f"torch DCGAN supports image_size 32 or 64, got {image_size}")
+    if image_size not in (32, 64, 128):
+        raise ValueError(f"torch DCGAN supports image_size 32, 64 or 128, got {image_size}")
     return int(round(math.log2(image_size // 4)))
 
 
@@ -121,33 +124,41 @@ class TorchDCGAN:
     """Models, optimizers and one train step (``step(real)``, real NCHW float32 [B, C, S, S])."""
 
     def __init__(self, image_size=64, channels=3, latent_dim=100, width=64, variant="jaxgan", seed=0,
-                 lr=2e-4, betas=(0.5, 0.999), channels_last=False):
+                 lr=2e-4, betas=(0.5, 0.999), channels_last=False, device="cpu", compute_dtype="float32"):
         if variant not in ("jaxgan", "examples"):
             raise ValueError(f"variant={variant!r}; accepted: jaxgan, examples")
+        if compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compute_dtype={compute_dtype!r}; accepted: float32, bfloat16")
         torch.manual_seed(seed)
+        self.device = torch.device(device)
         self.g = Generator(latent_dim, image_size, channels, width)
         self.d = Discriminator(image_size, channels, width)
         init_weights(self.g)
         init_weights(self.d)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.g.to(memory_format=self.memory_format)
-        self.d.to(memory_format=self.memory_format)
+        self.g.to(device=self.device, memory_format=self.memory_format)
+        self.d.to(device=self.device, memory_format=self.memory_format)
         self.g.train()
         self.d.train()
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=lr, betas=betas)
         self.variant = variant
         self.latent_dim = latent_dim
+        # bfloat16 as jaxgan's --compute_dtype: autocast forward passes; parameters and Adam state stay float32
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=compute_dtype == "bfloat16")
 
     def step(self, real):
+        """One step on ``real`` [B, C, S, S] (on ``device``); returns the detached (d_loss, g_loss), no host sync."""
         b = real.shape[0]
         real = real.contiguous(memory_format=self.memory_format)
-        ones, zeros = torch.ones(b), torch.zeros(b)
+        ones = torch.ones(b, device=self.device)
+        zeros = torch.zeros(b, device=self.device)
         # D update: real and detached fake, two BN batches
-        fake = self.g(torch.randn(b, self.latent_dim))
+        with self.autocast:
+            fake = self.g(torch.randn(b, self.latent_dim, device=self.device))
+            d_loss = (F.binary_cross_entropy_with_logits(self.d(real), ones)
+                      + F.binary_cross_entropy_with_logits(self.d(fake.detach()), zeros))
         self.opt_d.zero_grad(set_to_none=True)
-        d_loss = (F.binary_cross_entropy_with_logits(self.d(real), ones)
-                  + F.binary_cross_entropy_with_logits(self.d(fake.detach()), zeros))
         d_loss.backward()
         self.opt_d.step()
         # G update through the updated D
@@ -155,8 +166,10 @@ class TorchDCGAN:
         if self.variant == "jaxgan":
             for p in self.d.parameters():
                 p.requires_grad_(False)
-            fake = self.g(torch.randn(b, self.latent_dim))
-        g_loss = F.binary_cross_entropy_with_logits(self.d(fake), ones)
+        with self.autocast:
+            if self.variant == "jaxgan":
+                fake = self.g(torch.randn(b, self.latent_dim, device=self.device))
+            g_loss = F.binary_cross_entropy_with_logits(self.d(fake), ones)
         g_loss.backward()
         self.opt_g.step()
         if self.variant == "jaxgan":

@@ -13,7 +13,7 @@ from jaxgan.models.layers import Conv, ConvTranspose
 # Pure formulations, "auto" and custom_vjp mixes that put every formulation in every pass at least once
 # over the two lists (each pure formulation's passes are its autodiff; the mixes use linear transposes).
 IMPLS = ["auto", "xla", "phase", "gemm", "gemm/phase/xla"]
-T_IMPLS = ["auto", "xla", "phase", "gemm", "phase/gemm/corr", "gemm/xla/phase"]
+T_IMPLS = ["auto", "xla", "phase", "gemm", "phase/gemm/corr", "gemm/xla/phase", "xla/xla/corr"]  # last: gpu auto
 
 # (flax kwargs, input shape NHWC)
 CONV_CASES = [
@@ -115,6 +115,7 @@ def test_auto_rule_and_second_order():
                                  ("conv", (2, 2), 3, 64, (64, 64)), ("conv", (2, 2), 64, 128, (32, 32)),
                                  ("conv", (2, 2), 256, 512, (8, 8)), ("conv", (1, 1), 128, 128, (16, 16))]:
     assert len(layers._resolve(layers._auto_cpu(kind, s, cin, cout, hw), kind, s, cin, cout, hw)) == 3
+    assert len(layers._resolve(layers._auto_accelerator(kind, s), kind, s, cin, cout, hw)) == 3  # gpu/tpu
   with pytest.raises(ValueError, match="implementation"):
     Conv(4, (3, 3), implementation="fast").init(jax.random.key(0), jnp.ones((1, 4, 4, 1)))
   # reverse-over-reverse (gradient penalties) through the custom_vjp

@@ -45,6 +45,10 @@ def _normal(seed, shape, scale=1.0, shift=0.0):
     (64, 3, 3_576_704, 2_765_568),   # pytorch/examples DCGAN, measured (notes/cpu-performance.md)
     (32, 1, 1_066_880, 661_248),
     (32, 3, 1_068_928, 663_296),
+    # 128 px, counted by hand: G kernels 16*(100*1024 + 1024*512 + 512*256 + 256*128 + 128*64 + 64*3) plus
+    # BN 2*(1024+512+256+128+64); D kernels 16*(3*64 + 64*128 + 128*256 + 256*512 + 512*1024 + 1024) plus
+    # BN 2*(128+256+512+1024)
+    (128, 3, 12_786_560, 11_164_416),
 ])
 def test_dcgan_param_counts_match_pytorch(size, channels, g_count, d_count):
     g = dcgan.DCGANGenerator(latent_dim=100, image_size=size, channels=channels, ngf=64)
@@ -55,7 +59,7 @@ def test_dcgan_param_counts_match_pytorch(size, channels, g_count, d_count):
 
 @pytest.mark.parametrize("size,channels,num_classes,normalization", [
     (28, 1, 0, "batch_norm"), (28, 3, 10, "layer_norm"), (32, 1, 0, "none"), (32, 3, 4, "batch_norm"),
-    (64, 1, 0, "layer_norm"), (64, 3, 0, "batch_norm")])
+    (64, 1, 0, "layer_norm"), (64, 3, 0, "batch_norm"), (128, 3, 2, "batch_norm")])
 def test_dcgan_shapes(size, channels, num_classes, normalization):
     b = 3
     g = dcgan.DCGANGenerator(latent_dim=16, image_size=size, channels=channels, ngf=8, num_classes=num_classes)

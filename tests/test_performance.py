@@ -1,5 +1,6 @@
 """Performance features keep the numbers: several steps per call, bfloat16 compute, the torch twin of DCGAN."""
 import dataclasses
+import functools
 import json
 import pathlib
 import sys
@@ -12,6 +13,7 @@ import pytest
 from jaxgan import experiment
 from jaxgan.data import toy
 from jaxgan.experiment import Config, ConfigError
+from jaxgan.models import layers
 from jaxgan.reliability import guard_step, metric_names, nan_record_init
 from jaxgan.step import make_multi_step
 from jaxgan.training import ToyData, train
@@ -127,7 +129,8 @@ def test_bfloat16_step_is_close_to_float32():
 # ---------------------------------------------------------------------------------------------------------------
 # The torch twin of DCGAN used by benchmarks/step_throughput.py --compare_torch is the same network.
 # ---------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("size,channels,counts", [(64, 3, (3_576_704, 2_765_568)), (32, 1, (1_066_880, 661_248))])
+@pytest.mark.parametrize("size,channels,counts", [(64, 3, (3_576_704, 2_765_568)), (32, 1, (1_066_880, 661_248)),
+                                                   (128, 3, (12_786_560, 11_164_416))])
 def test_torch_dcgan_has_the_same_parameter_count(size, channels, counts):
     pytest.importorskip("torch")
     import torch_dcgan
@@ -140,7 +143,7 @@ def test_torch_dcgan_has_the_same_parameter_count(size, channels, counts):
     assert (torch_dcgan.num_params(twin.g), torch_dcgan.num_params(twin.d)) == counts
 
 
-@pytest.mark.parametrize("size,channels", [(32, 1), (64, 3)])
+@pytest.mark.parametrize("size,channels", [(32, 1), (64, 3), (128, 3)])
 def test_torch_dcgan_computes_the_same_outputs(size, channels):
     torch = pytest.importorskip("torch")
     import torch_dcgan
@@ -160,3 +163,65 @@ def test_torch_dcgan_computes_the_same_outputs(size, channels):
         t_logits = twin.d(torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2).contiguous()).numpy()
     np.testing.assert_allclose(t_fake, np.asarray(fake), atol=2e-5)
     np.testing.assert_allclose(t_logits, np.asarray(logits), rtol=1e-4, atol=2e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The FLOP count behind step_throughput's "fraction of peak" (XLA's cost analysis does not count cuDNN convs).
+# ---------------------------------------------------------------------------------------------------------------
+def _brute_force_conv_flops(b, cin, cout, in_hw, k_hw, out_hw, strides, pads, lhs_dil, rhs_dil):
+    """2 * B * Cin * Cout * #(output pixel, kernel tap) pairs that read a real input pixel, on the explicit 2D
+    frame of the dilated, padded input (not per dimension, as the code under test does)."""
+    lo = [p[0] for p in pads]
+    frame = np.zeros([lo[d] + (in_hw[d] - 1) * lhs_dil[d] + 1 + max(pads[d][1], 0) + 64 for d in (0, 1)], bool)
+    frame[lo[0]:lo[0] + (in_hw[0] - 1) * lhs_dil[0] + 1:lhs_dil[0],
+          lo[1]:lo[1] + (in_hw[1] - 1) * lhs_dil[1] + 1:lhs_dil[1]] = True
+    pairs = 0
+    for oy in range(out_hw[0]):
+        for ox in range(out_hw[1]):
+            for ky in range(k_hw[0]):
+                for kx in range(k_hw[1]):
+                    y, x = oy * strides[0] + ky * rhs_dil[0], ox * strides[1] + kx * rhs_dil[1]
+                    pairs += bool(frame[y, x]) if y >= 0 and x >= 0 else 0
+    return 2.0 * b * cin * cout * pairs
+
+
+@pytest.mark.parametrize("strides,pads,lhs_dil,rhs_dil", [
+    ((1, 1), ((1, 1), (1, 1)), (1, 1), (1, 1)),      # 3x3 SAME
+    ((2, 2), ((1, 2), (0, 1)), (1, 1), (1, 1)),      # strided, uneven padding
+    ((1, 1), ((2, 2), (2, 2)), (2, 2), (1, 1)),      # a transposed conv (DCGAN's up-sampling layers)
+    ((1, 2), ((0, 0), (1, 1)), (1, 1), (2, 1)),      # kernel dilation
+])
+def test_model_flops_counts_only_products_with_real_inputs(strides, pads, lhs_dil, rhs_dil):
+    import step_throughput
+    b, cin, cout, hw, k = 2, 3, 5, (6, 7), (3, 4)
+    x, w = jnp.ones((b, *hw, cin)), jnp.ones((*k, cin, cout))
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, strides, pads, lhs_dil, rhs_dil, ("NHWC", "HWIO", "NHWC"))
+
+    out_hw = conv(x, w).shape[1:3]
+    want = _brute_force_conv_flops(b, cin, cout, hw, k, out_hw, strides, pads, lhs_dil, rhs_dil)
+    assert step_throughput.model_flops(jax.make_jaxpr(conv)(x, w)) == want
+    # every (output, tap, real input) triple is one product in each pass: the forward, the input gradient and
+    # the weight gradient (JAX emits the last two as convolutions of other shapes, paddings and dilations)
+    grads = jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(conv(x, w)), argnums=(0, 1)))(x, w)
+    assert step_throughput.model_flops(grads) == 3 * want
+
+
+def test_model_flops_of_dots_scans_and_the_dcgan_step(monkeypatch):
+    import step_throughput
+    a, b = jnp.ones((4, 3, 5)), jnp.ones((4, 5, 7))
+    bmm = lambda a, b: jnp.einsum("bik,bkj->bij", a, b)  # noqa: E731
+    assert step_throughput.model_flops(jax.make_jaxpr(bmm)(a, b)) == 2 * 4 * 3 * 5 * 7
+    scanned = lambda a, b: jax.lax.scan(lambda c, _: (c, bmm(a, b)), 0.0, None, length=6)[1]  # noqa: E731
+    assert step_throughput.model_flops(jax.make_jaxpr(scanned)(a, b)) == 6 * 2 * 4 * 3 * 5 * 7
+    # a DCGAN step: close to XLA's own count of the same program with plain convolutions (XLA adds the
+    # elementwise work: BatchNorm, activations, losses, Adam)
+    config = dataclasses.replace(DIGITS, width=32, batch_size=16)
+    state = jax.eval_shape(experiment.build(config).init, jax.random.key(0))
+    batch = {"x": jax.ShapeDtypeStruct((1, 16, 32, 32, 1), jnp.float32)}
+    ours = step_throughput.network_flops(config, state, batch)
+    monkeypatch.setattr(layers, "_resolve", functools.partial(lambda resolve, impl, *a: resolve("xla", *a),
+                                                              layers._resolve))
+    xla = jax.jit(experiment.build(config).train_step()).lower(state, batch).cost_analysis()["flops"]
+    assert 0.95 * xla < ours < xla

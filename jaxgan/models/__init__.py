@@ -3,7 +3,7 @@
 | name   | G / D                                                   | data                       |
 |--------|---------------------------------------------------------|----------------------------|
 | mlp    | `mlp.MLPGenerator` / `mlp.MLPDiscriminator`             | 2D toy data                |
-| dcgan  | `dcgan.DCGANGenerator` / `dcgan.DCGANDiscriminator`     | images 28, 32, 64          |
+| dcgan  | `dcgan.DCGANGenerator` / `dcgan.DCGANDiscriminator`     | images 28, 32, 64, 128     |
 | sngan  | `resnet.ResNetGenerator` / `resnet.ResNetDiscriminator` | images 32, 64, 128         |
 | sagan  | ResNet with self-attention (``--attention_resolution``) | images 32, 64, 128         |
 

@@ -1,14 +1,15 @@
 """DCGAN generator and discriminator (Radford et al. 2015), as in pytorch/examples ``dcgan/main.py``.
 
-One definition serves image sizes 28, 32 and 64, any channel count and any width:
+One definition serves image sizes 28, 32, 64 and 128, any channel count and any width:
 
-* **32 and 64** (pytorch's scheme): G maps z, reshaped to [B, 1, 1, nz], with a 4x4 VALID transposed conv
+* **32, 64 and 128** (pytorch's scheme; 128 adds one more stage, as the DCGAN-128 variants do): G maps z, reshaped to [B, 1, 1, nz], with a 4x4 VALID transposed conv
   (stride 1) to 4x4 x (ngf * 2**(n-1)), then ``n = log2(size / 4)`` transposed convs (kernel 4, stride 2,
   PyTorch padding 1) that double the resolution and halve the channels; the last one outputs ``channels``.
   D mirrors it: ``n`` convs (kernel 4, stride 2, padding 1) from ``ndf`` channels doubling to
   ``ndf * 2**(n-1)`` at 4x4, then a 4x4 VALID conv to one logit.
   At 64 px: G 1x1 -> 4 (8ngf) -> 8 (4ngf) -> 16 (2ngf) -> 32 (ngf) -> 64 (C);
-  D 64 -> 32 (ndf) -> 16 (2ndf) -> 8 (4ndf) -> 4 (8ndf) -> logit. At 32 px G starts at 4ngf and D ends at 4ndf.
+  D 64 -> 32 (ndf) -> 16 (2ndf) -> 8 (4ndf) -> 4 (8ndf) -> logit. At 32 px G starts at 4ngf and D ends at 4ndf;
+  at 128 px G starts at 16ngf and D ends at 16ndf.
 * **28** (MNIST-sized, the 7x7 base that TF-GAN's and most MNIST DCGANs use): the base resolution is 7
   instead of 4, so G's first layer is a 7x7 VALID transposed conv to 7x7 x (2 ngf), then 7 -> 14 -> 28;
   D goes 28 -> 14 -> 7 and ends with a 7x7 VALID conv. No padding or resizing of the data is needed.
@@ -37,7 +38,7 @@ import jax.numpy as jnp
 from jaxgan.models import layers
 from jaxgan.models.blocks import BN_EPSILON, BN_MOMENTUM, check_labels
 
-SUPPORTED_IMAGE_SIZES = (28, 32, 64)
+SUPPORTED_IMAGE_SIZES = (28, 32, 64, 128)
 NORMALIZATIONS = ("batch_norm", "layer_norm", "none")
 
 _CONV_INIT = nn.initializers.normal(0.02)
@@ -51,7 +52,7 @@ def _schedule(image_size: int) -> tuple[int, int]:
     """Returns (base resolution, number of stride-2 stages) for ``image_size``."""
     if image_size == 28:
         return 7, 2
-    if image_size in (32, 64):
+    if image_size in (32, 64, 128):
         return 4, int(round(math.log2(image_size // 4)))
     raise ValueError(f"DCGAN image_size={image_size!r} is not supported; accepted sizes: "
                      f"{', '.join(map(str, SUPPORTED_IMAGE_SIZES))}")
@@ -62,7 +63,7 @@ class DCGANGenerator(nn.Module):
 
     Attributes:
       latent_dim: size of z (PyTorch's ``nz``; 100 in the paper).
-      image_size: 28, 32 or 64 (see the module docstring for the layer scheme).
+      image_size: 28, 32, 64 or 128 (see the module docstring for the layer scheme).
       channels: output channels (1 for MNIST, 3 for RGB).
       num_classes: 0 = unconditional; otherwise one_hot(labels) is concatenated to z.
       ngf: width; G's widths are ngf * (2**(n-1), ..., 2, 1).
@@ -113,7 +114,7 @@ class DCGANDiscriminator(nn.Module):
     """DCGAN discriminator: images [B, S, S, channels] (+ labels int [B]) -> logits [B] float32.
 
     Attributes:
-      image_size: 28, 32 or 64; inputs must have this size.
+      image_size: 28, 32, 64 or 128; inputs must have this size.
       channels: input channels.
       num_classes: 0 = unconditional; otherwise a projection term is added to the logit.
       ndf: width; D's widths are ndf * (1, 2, ..., 2**(n-1)).
