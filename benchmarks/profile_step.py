@@ -38,7 +38,7 @@ def fusion_descriptions(hlo_text: str) -> dict[str, str]:
             bodies[current].append(line)
     desc = {}
     for line in hlo_text.splitlines():
-        m = re.match(r"\s*(?:ROOT )?%(\S+) = (.*?) (fusion|custom-call)\((.*)", line)
+        m = re.match(r"\s*(?:ROOT )?%(\S+) = (.*?) (fusion|custom-call|convolution|dot)\((.*)", line)
         if not m:
             continue
         name, kind = m.group(1), m.group(3)

@@ -221,6 +221,13 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module, objective: O
 
 
 
+def scan_slows_convolutions() -> bool:
+    """Whether the default backend runs convolutions inside a while loop (``lax.scan``) much more slowly than
+    inlined: XLA:CPU does (~25x for a DCGAN step), so several conv steps per call are inlined there. On GPU the
+    scan is the faster way (H100, DCGAN 32 px, batch 256, 10 steps per call vs 1: 1.16x float32, 1.46x bfloat16)."""
+    return jax.default_backend() == "cpu"
+
+
 def make_multi_step(step: Callable, num_steps: int, *, unroll: bool = False) -> Callable:
     """``num_steps`` consecutive calls of ``step`` as one function, to run them in one jitted call.
 
