@@ -12,8 +12,9 @@ n_critic D updates then one G update, Adam, the --loss objective, metrics), jitt
 data already on the device (no input pipeline, no logging). The program is compiled ahead of time
 (``jit(...).lower(...).compile()``: that is ``compile_sec``), warmed up, then ``--blocks`` blocks of
 ``--block_steps`` steps are timed with ``block_until_ready`` and the median block gives steps/s. FLOPs per step
-are those of the network's convolutions and matmuls in one step, counted on the jaxpr (`network_flops`); XLA's own ``cost_analysis()`` of the compiled program is
-reported beside it (``xla_flops_per_step``; on GPU it does not count cuDNN convolutions).
+are those of the network's convolutions and matmuls in one step, counted on the jaxpr (`network_flops`); XLA's
+own ``cost_analysis()`` of the compiled program is reported beside it (``xla_flops_per_step``; on GPU it does
+not count cuDNN convolutions).
 
 ``--steps_per_call=K`` runs K steps per jitted call (`jaxgan.step.make_multi_step`, ``lax.scan``; ``--unroll``
 inlines them). A comma-separated list measures several values, interleaved.
@@ -29,7 +30,7 @@ step samples fresh latents for the G update).
 
 ``--peak`` measures an 8192^3 matmul in ``--compute_dtype`` (JAX's default precision: TF32 for float32 on
 Ampere/Hopper GPUs) and reports the fraction of it, and of the datasheet peak for H100/H200, that each step reaches
-(XLA's FLOP count; the torch step computes the same network, so the same count).
+(``flops_per_step``; the torch step computes the same network, so the same count).
 
 ``--conv_impl`` overrides the convolution formulation of `jaxgan.models.layers` (default ``auto``; ``xla`` = plain
 flax/XLA convolutions) to measure the variants.
@@ -230,7 +231,7 @@ def count_params(tree) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-TORCH_TWINS = {"dcgan": ("torch_dcgan", "TorchDCGAN", (32, 64, 128)), "sngan": ("torch_sngan", "TorchSNGAN", (32, 64, 128))}
+TORCH_TWINS = {"dcgan": ("torch_dcgan", (32, 64, 128)), "sngan": ("torch_sngan", (32, 64, 128))}  # module, sizes
 
 
 def make_torch_twin(args, exp, counts):
@@ -238,9 +239,9 @@ def make_torch_twin(args, exp, counts):
     with a message when there is none (model, size or torch missing). Asserts equal parameter counts."""
     if args.model not in TORCH_TWINS or args.image_size not in TORCH_TWINS[args.model][2]:
         print(f"--compare_torch: --model={args.model} at {args.image_size} px has no torch twin "
-              f"(twins: {', '.join(f'{m} {sizes}' for m, (_, _, sizes) in TORCH_TWINS.items())}); skipped")
+              f"(twins: {', '.join(f'{m} {sizes}' for m, (_, sizes) in TORCH_TWINS.items())}); skipped")
         return None
-    module_name, class_name, _ = TORCH_TWINS[args.model]
+    module_name, _ = TORCH_TWINS[args.model]
     try:
         import importlib
         import torch

@@ -143,7 +143,7 @@ def test_torch_dcgan_has_the_same_parameter_count(size, channels, counts):
     assert (torch_dcgan.num_params(twin.g), torch_dcgan.num_params(twin.d)) == counts
 
 
-@pytest.mark.parametrize("size,channels", [(32, 1), (64, 3), (128, 3)])
+@pytest.mark.parametrize("size,channels", [(32, 1), (64, 3)])
 def test_torch_dcgan_computes_the_same_outputs(size, channels):
     torch = pytest.importorskip("torch")
     import torch_dcgan

@@ -2,9 +2,10 @@
 
 One definition serves image sizes 28, 32, 64 and 128, any channel count and any width:
 
-* **32, 64 and 128** (pytorch's scheme; 128 adds one more stage, as the DCGAN-128 variants do): G maps z, reshaped to [B, 1, 1, nz], with a 4x4 VALID transposed conv
-  (stride 1) to 4x4 x (ngf * 2**(n-1)), then ``n = log2(size / 4)`` transposed convs (kernel 4, stride 2,
-  PyTorch padding 1) that double the resolution and halve the channels; the last one outputs ``channels``.
+* **32, 64 and 128** (pytorch's scheme; 128 adds one more stage, as the DCGAN-128 variants do): G maps z,
+  reshaped to [B, 1, 1, nz], with a 4x4 VALID transposed conv (stride 1) to 4x4 x (ngf * 2**(n-1)), then
+  ``n = log2(size / 4)`` transposed convs (kernel 4, stride 2, PyTorch padding 1) that double the resolution
+  and halve the channels; the last one outputs ``channels``.
   D mirrors it: ``n`` convs (kernel 4, stride 2, padding 1) from ``ndf`` channels doubling to
   ``ndf * 2**(n-1)`` at 4x4, then a 4x4 VALID conv to one logit.
   At 64 px: G 1x1 -> 4 (8ngf) -> 8 (4ngf) -> 16 (2ngf) -> 32 (ngf) -> 64 (C);
