@@ -237,7 +237,7 @@ TORCH_TWINS = {"dcgan": ("torch_dcgan", (32, 64, 128)), "sngan": ("torch_sngan",
 def make_torch_twin(args, exp, counts):
     """The PyTorch twin of the benchmarked network and step on the accelerator JAX uses (else CPU), or None
     with a message when there is none (model, size or torch missing). Asserts equal parameter counts."""
-    if args.model not in TORCH_TWINS or args.image_size not in TORCH_TWINS[args.model][2]:
+    if args.model not in TORCH_TWINS or args.image_size not in TORCH_TWINS[args.model][1]:
         print(f"--compare_torch: --model={args.model} at {args.image_size} px has no torch twin "
               f"(twins: {', '.join(f'{m} {sizes}' for m, (_, sizes) in TORCH_TWINS.items())}); skipped")
         return None
@@ -391,7 +391,7 @@ def main(argv=None):
         for name, tf in achieved.items():
             print(f"{name:<8} {tf:8.2f} TFLOP/s = {tf / peak:.1%} of the measured matmul peak"
                   + (f", {tf / sheet:.1%} of the datasheet peak" if sheet else ""))
-        result.update(matmul_peak_tflops=round(peak, 2), datasheet_peak_tflops=sheet,
+        result.update(matmul_peak_tflops=round(peak, 4), datasheet_peak_tflops=sheet,
                       fraction_of_peak=round(achieved["jaxgan"] / peak, 4),
                       fraction_of_datasheet_peak=None if not sheet else round(achieved["jaxgan"] / sheet, 4))
         if "torch" in achieved:

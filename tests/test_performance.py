@@ -227,3 +227,26 @@ def test_model_flops_of_dots_scans_and_the_dcgan_step(monkeypatch):
                                                               layers._resolve))
     xla = jax.jit(experiment.build(config).train_step()).lower(state, batch).cost_analysis()["flops"]
     assert 0.95 * xla < ours < xla
+
+
+def test_step_throughput_reports_consistent_figures(capsys):
+    """The benchmark end to end on a tiny DCGAN: its JSON line agrees with itself and with `network_flops`."""
+    import step_throughput
+    twin_args = step_throughput.parse_args(["--model=sagan", "--image_size=32", "--compare_torch"])
+    assert step_throughput.make_torch_twin(twin_args, None, (0, 0)) is None  # no twin: skipped with a message
+    assert "--model=sagan at 32 px has no torch twin" in capsys.readouterr().out
+    r = step_throughput.main(["--model=dcgan", "--image_size=32", "--channels=1", "--width=4", "--batch_size=4",
+                              "--blocks=2", "--block_steps=2", "--warmup=1", "--peak"])
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line == json.loads(json.dumps(r))
+    config = dataclasses.replace(DIGITS, image_size=32, channels=1, width=4, batch_size=4, dataset="random_images",
+                                 seed=0)
+    exp = experiment.build(config)
+    state = jax.eval_shape(exp.init, jax.random.key(0))
+    batch = {"x": jax.ShapeDtypeStruct((1, 4, 32, 32, 1), jnp.float32)}
+    assert r["flops_per_step"] == step_throughput.network_flops(config, state, batch) > 0
+    assert r["images_per_sec"] == pytest.approx(r["steps_per_sec"] * 4, rel=1e-3)
+    rate = r["steps_per_sec"] * r["flops_per_step"]  # FLOP/s (the JSON's figures are rounded)
+    assert r["gflops_per_sec"] == pytest.approx(rate / 1e9, abs=0.006)
+    assert r["fraction_of_peak"] == pytest.approx(rate / 1e12 / r["matmul_peak_tflops"], rel=1e-3, abs=6e-5)
+    assert r["params_g"] == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.g.params))
