@@ -395,13 +395,16 @@ class _Evaluator:
                 out["w1"] = float(modes.wasserstein1_to_mixture(x, mixture.means, mixture.std, seed=seed,
                                                                 n=min(self.w1_samples, x.shape[0])))
         elif self.classifier_params is not None:
-            from jaxgan.metrics import classifier
+            from jaxgan.metrics import classifier, distances
             finite = np.all(np.isfinite(x.reshape(x.shape[0], -1)), axis=1)
             if finite.any():
                 logits = classifier.classifier_logits(self.classifier_params, np.clip(x[finite], -1, 1))
                 out["classes_covered"] = float(classifier.classes_covered(logits))
+                # Coverage alone rewards noise, which the classifier also spreads over classes; the classifier
+                # score (the Inception Score with the digits classifier) needs confident *and* varied predictions.
+                out["classifier_score"] = distances.inception_score(logits, num_splits=1)[0]
             else:
-                out["classes_covered"] = 0.0
+                out["classes_covered"], out["classifier_score"] = 0.0, math.nan
         return out
 
 
@@ -481,7 +484,8 @@ def run_group(group: Group, *, chunk: int | None = None, steps_per_call: int = 0
         256 for images.
       eval_samples: samples per run at intermediate evaluations; 0: as ``num_samples``.
       w1_samples: if > 0, the final metrics of 2D runs include the exact W1 to the mixture on that many samples.
-      classifier_params: a `jaxgan.metrics.classifier` model for ``classes_covered`` on digit images.
+      classifier_params: a `jaxgan.metrics.classifier` model for ``classes_covered`` and ``classifier_score``
+        (the Inception Score with this classifier, in [1, 10]) on digit images.
       mesh: a `sweep_mesh` (``("seed", "data")``, data axis 1): the runs of every chunk are split over its
         seed axis, ``chunk / K`` runs per device. None, or a seed axis of 1: one device.
     """
@@ -608,7 +612,8 @@ def run_study(groups: Sequence[Group], **kwargs) -> list[GroupResult]:
 
 # Metrics summarised in the report, in this order, with display names and scale (x100 for percentages).
 REPORT_METRICS = (("modes_captured", "modes", 1.0), ("high_quality_fraction", "% HQ", 100.0),
-                  ("reverse_kl", "rev. KL", 1.0), ("w1", "W1", 1.0), ("classes_covered", "classes", 1.0))
+                  ("reverse_kl", "rev. KL", 1.0), ("w1", "W1", 1.0), ("classes_covered", "classes", 1.0),
+                  ("classifier_score", "cls. score", 1.0))
 
 
 def _finite_or_none(v):

@@ -306,12 +306,19 @@ def test_digits_sweep_samples_and_classes_covered(tmp_path, digits_vmapped, digi
         covered = res.evals[i][-1]["classes_covered"]
         assert covered == int(covered) and 1 <= covered <= 10
         # The final metric is that of the samples returned (and written to samples.npy), recounted in numpy.
-        predicted = np.argmax(classifier.classifier_logits(digits_classifier_params, res.samples[i]), axis=1)
-        assert covered == len(np.unique(predicted))
+        logits = np.asarray(classifier.classifier_logits(digits_classifier_params, res.samples[i]), np.float64)
+        assert covered == len(np.unique(np.argmax(logits, axis=1)))
+        # classifier score = exp(E_x KL(p(y|x) || p(y))), recomputed in float64
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        score = np.exp(np.mean(np.sum(p * (np.log(p) - np.log(p.mean(0))[None]), axis=1)))
+        assert res.evals[i][-1]["classifier_score"] == pytest.approx(score, rel=1e-5)
+        assert 1.0 <= score <= 10.0
     records = sweep.write_outputs(tmp_path, [res], {"seeds": 2, "steps": DIGITS.steps})
     np.testing.assert_array_equal(np.load(tmp_path / "samples.npy"), res.samples)
     assert [r["final"]["classes_covered"] for r in records] == [e[-1]["classes_covered"] for e in res.evals]
     assert "| classes |" in (tmp_path / "report.md").read_text()
+    assert "| cls. score |" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "samples" / "base.png").stat().st_size > 0
 
 
