@@ -18,8 +18,8 @@ convolution is computed differs, chosen by the field ``implementation``:
 Fast paths cover 2-D NHWC convolutions with ``feature_group_count=1`` and no input/kernel dilation (any
 stride, kernel size and padding); anything else silently uses ``"xla"`` (correct, maybe slow).
 Caveat: the ``custom_vjp`` ("F/D/W" with mixed names, so "auto" on cpu and for strided transposed convs on
-gpu/tpu) supports reverse mode, also
-reverse-over-reverse (gradient penalties), but not forward mode (``jax.jvp``); use a single name there.
+gpu/tpu) supports reverse mode, also reverse-over-reverse (gradient penalties), but not forward mode
+(``jax.jvp``); use a single name there.
 
 Why: XLA:CPU lowers the weight gradient of a transposed convolution (and to a lesser degree the input
 gradient of a strided conv) to convolutions its Eigen path does not take; they run at 4-5 GFLOP/s
