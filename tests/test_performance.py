@@ -1,4 +1,5 @@
-"""Performance features keep the numbers: several steps per call, bfloat16 compute, the torch twin of DCGAN."""
+"""Performance features keep the numbers: several steps per call, bfloat16 compute, the torch twin of DCGAN, the
+benchmark's FLOP count and figures."""
 import dataclasses
 import functools
 import json
