@@ -5,13 +5,13 @@
 
 Runs `step_throughput.main` (with ``--compare_torch --peak``) for each case, float32 and bfloat16, appending its
 JSON line to ``--out`` as soon as it is measured (a case that fails is recorded with its error and the suite
-goes on), then prints a table. The matmul peak is measured once per dtype. Meant for a GPU; on CPU use
+goes on), then prints a table. The matmul peak is measured once per dtype (`step_throughput.matmul_tflops`
+caches it). Meant for a GPU; on CPU use
 ``step_throughput.py`` directly.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -42,7 +42,6 @@ def main(argv=None):
     p.add_argument("--block_sec", type=float, default=1.0)
     p.add_argument("--extra", default="", help="flags appended to every case")
     args = p.parse_args(argv)
-    step_throughput.matmul_tflops = functools.lru_cache(step_throughput.matmul_tflops)
     prefixes = [x for x in args.only.split(",") if x]
     rows = []
     for name, flags in CASES:

@@ -76,7 +76,6 @@ def profile_jax(runner, steps: int, top: int) -> None:
 
 
 def profile_torch(torch_step, steps: int, top: int, cuda: bool) -> None:
-    import torch
     from torch.profiler import ProfilerActivity, profile
     torch_step(2)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -85,7 +84,6 @@ def profile_torch(torch_step, steps: int, top: int, cuda: bool) -> None:
     key = "cuda_time_total" if cuda else "self_cpu_time_total"
     print(f"\n--- torch ({steps} steps; totals over all steps)")
     print(prof.key_averages().table(sort_by=key, row_limit=top))
-    del torch
 
 
 def main(argv=None):
@@ -105,18 +103,7 @@ def main(argv=None):
         counts = tuple(step_throughput.count_params(t) for t in (runner.state.g.params, runner.state.d.params))
         model = step_throughput.make_torch_twin(args, exp, counts)
         if model is not None:
-            import torch
-            real = torch.rand(*((args.n_critic,) if args.n_critic > 1 else ()), args.batch_size, args.channels,
-                              args.image_size, args.image_size, device=model.device) * 2 - 1
-            cuda = model.device.type == "cuda"
-
-            def torch_step(n):
-                for _ in range(n):
-                    model.step(real)
-                if cuda:
-                    torch.cuda.synchronize()
-
-            profile_torch(torch_step, steps, top, cuda)
+            profile_torch(step_throughput.torch_runner(model, args), steps, top, model.device.type == "cuda")
 
 
 if __name__ == "__main__":

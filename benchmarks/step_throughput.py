@@ -40,6 +40,7 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -103,10 +104,10 @@ def random_batch(exp, config: Config, key, leading=()):
     return {"x": jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0)}
 
 
-def _flops(stage) -> float | None:
-    """XLA's FLOP count of a ``Lowered`` or ``Compiled`` program (None where the backend has none)."""
+def _flops(compiled) -> float | None:
+    """XLA's FLOP count of a compiled program (None where the backend has none)."""
     try:
-        cost = stage.cost_analysis()
+        cost = compiled.cost_analysis()
     except Exception:  # noqa: BLE001 - some backends do not implement it
         return None
     if isinstance(cost, (list, tuple)):
@@ -241,6 +242,9 @@ def make_torch_twin(args, exp, counts):
         print(f"--compare_torch: --model={args.model} at {args.image_size} px has no torch twin "
               f"(twins: {', '.join(f'{m} {sizes}' for m, (_, sizes) in TORCH_TWINS.items())}); skipped")
         return None
+    if args.model == "dcgan" and args.n_critic != 1:
+        print(f"--compare_torch: the DCGAN twin makes one D update per step, not --n_critic={args.n_critic}; skipped")
+        return None
     module_name, _ = TORCH_TWINS[args.model]
     try:
         import importlib
@@ -268,6 +272,20 @@ def make_torch_twin(args, exp, counts):
     return model
 
 
+def torch_runner(model, args):
+    """``run(n)``: n steps of the torch twin on one random batch already on its device, then a device sync."""
+    import torch
+    real = torch.rand(*((args.n_critic,) if args.n_critic > 1 else ()), args.batch_size, args.channels,
+                      args.image_size, args.image_size, device=model.device) * 2 - 1
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+
+    def run(n):
+        for _ in range(n):
+            model.step(real)
+        sync()
+    return run
+
+
 # Dense (no sparsity) peak TFLOP/s from NVIDIA's H100 SXM datasheet (the H200 has the same compute);
 # "float32" is JAX's default float32 matmul/conv precision on these GPUs (TF32 tensor cores).
 DATASHEET_TFLOPS = {"H100": {"bfloat16": 989.4, "float32": 494.7}, "H200": {"bfloat16": 989.4, "float32": 494.7}}
@@ -280,8 +298,10 @@ def datasheet_tflops(device_kind: str, dtype: str) -> float | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
 def matmul_tflops(dtype: str, n: int = 8192, repeats: int = 10) -> float:
-    """Measured rate of an n x n x n matmul in ``dtype`` at JAX's default precision: the attainable peak."""
+    """Measured rate of an n x n x n matmul in ``dtype`` at JAX's default precision: the attainable peak (measured
+    once per process and arguments)."""
     ka, kb = jax.random.split(jax.random.key(0))
     a = jax.random.normal(ka, (n, n), jnp.dtype(dtype))
     b = jax.random.normal(kb, (n, n), jnp.dtype(dtype))
@@ -320,16 +340,7 @@ def main(argv=None):
 
     torch_model = make_torch_twin(args, exp, (g_params, d_params)) if args.compare_torch else None
     if torch_model is not None:
-        import torch
-        real = torch.rand(*((args.n_critic,) if args.n_critic > 1 else ()), args.batch_size, args.channels,
-                          args.image_size, args.image_size, device=torch_model.device) * 2 - 1
-        sync = torch.cuda.synchronize if torch_model.device.type == "cuda" else (lambda: None)
-
-        def torch_run(n, model=torch_model, real=real):
-            for _ in range(n):
-                model.step(real)
-            sync()
-
+        torch_run = torch_runner(torch_model, args)
     # warm up and size the blocks: each block ~ --block_sec
     fns, calls_per_block, steps_per_call = {}, {}, {}
     for name, r in runners.items():

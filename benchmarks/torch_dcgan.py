@@ -29,6 +29,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from torch_twin import TorchTwin, num_params  # noqa: F401 (num_params: part of the twin API)
+
 
 def _stages(image_size: int) -> int:
     if image_size not in (32, 64, 128):
@@ -85,10 +87,6 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def num_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def _convs_and_bns(module: nn.Module):
     convs = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     bns = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -120,32 +118,21 @@ def load_flax_params(g: Generator, d: Discriminator, g_params, d_params) -> None
             bn.bias.copy_(t(d_params[f"norm{i}"]["bias"]))
 
 
-class TorchDCGAN:
+class TorchDCGAN(TorchTwin):
     """Models, optimizers and one train step (``step(real)``, real NCHW float32 [B, C, S, S])."""
 
     def __init__(self, image_size=64, channels=3, latent_dim=100, width=64, variant="jaxgan", seed=0,
                  lr=2e-4, betas=(0.5, 0.999), channels_last=False, device="cpu", compute_dtype="float32"):
         if variant not in ("jaxgan", "examples"):
             raise ValueError(f"variant={variant!r}; accepted: jaxgan, examples")
-        if compute_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"compute_dtype={compute_dtype!r}; accepted: float32, bfloat16")
         torch.manual_seed(seed)
-        self.device = torch.device(device)
-        self.g = Generator(latent_dim, image_size, channels, width)
-        self.d = Discriminator(image_size, channels, width)
-        init_weights(self.g)
-        init_weights(self.d)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.g.to(device=self.device, memory_format=self.memory_format)
-        self.d.to(device=self.device, memory_format=self.memory_format)
-        self.g.train()
-        self.d.train()
-        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=lr, betas=betas)
+        g = Generator(latent_dim, image_size, channels, width)
+        d = Discriminator(image_size, channels, width)
+        init_weights(g)
+        init_weights(d)
+        self._setup(g, d, device=device, compute_dtype=compute_dtype, channels_last=channels_last, lr=lr, betas=betas)
         self.variant = variant
         self.latent_dim = latent_dim
-        # bfloat16 as jaxgan's --compute_dtype: autocast forward passes; parameters and Adam state stay float32
-        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=compute_dtype == "bfloat16")
 
     def step(self, real):
         """One step on ``real`` [B, C, S, S] (on ``device``); returns the detached (d_loss, g_loss), no host sync."""
@@ -154,7 +141,7 @@ class TorchDCGAN:
         ones = torch.ones(b, device=self.device)
         zeros = torch.zeros(b, device=self.device)
         # D update: real and detached fake, two BN batches
-        with self.autocast:
+        with self.autocast():
             fake = self.g(torch.randn(b, self.latent_dim, device=self.device))
             d_loss = (F.binary_cross_entropy_with_logits(self.d(real), ones)
                       + F.binary_cross_entropy_with_logits(self.d(fake.detach()), zeros))
@@ -166,7 +153,7 @@ class TorchDCGAN:
         if self.variant == "jaxgan":
             for p in self.d.parameters():
                 p.requires_grad_(False)
-        with self.autocast:
+        with self.autocast():
             if self.variant == "jaxgan":
                 fake = self.g(torch.randn(b, self.latent_dim, device=self.device))
             g_loss = F.binary_cross_entropy_with_logits(self.d(fake), ones)

@@ -62,17 +62,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-SUPPORTED_IMAGE_SIZES = (32, 64, 128)
-# size -> (multiplier at 4x4, output multipliers of the up-blocks)       (= jaxgan.models.resnet._G_ARCH)
-G_ARCH = {32: (4, (4, 4, 4)), 64: (16, (16, 8, 4, 2)), 128: (16, (16, 8, 4, 2, 1))}
-# size -> (output multipliers of the blocks, downsample flags)          (= jaxgan.models.resnet._D_ARCH)
-D_ARCH = {
-    32: ((4, 4, 4, 4), (True, True, False, False)),
-    64: ((1, 2, 4, 8, 16), (True, True, True, True, False)),
-    128: ((1, 2, 4, 8, 16, 16), (True, True, True, True, True, False)),
-}
-BN_MOMENTUM = 0.1  # torch convention; flax momentum 0.9
-BN_EPSILON = 1e-5
+from jaxgan.models.blocks import BN_EPSILON
+# size -> (multiplier at 4x4, output multipliers of the up-blocks); size -> (block multipliers, downsample flags)
+from jaxgan.models.resnet import SUPPORTED_IMAGE_SIZES, _D_ARCH as D_ARCH, _G_ARCH as G_ARCH
+from torch_twin import TorchTwin, num_params  # noqa: F401 (num_params: part of the twin API)
+
+BN_MOMENTUM = 0.1  # torch convention for jaxgan's (flax) BN momentum 0.9
 SN_EPSILON = 1e-12
 
 
@@ -224,12 +219,6 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def num_params(module: nn.Module) -> int:
-    """Trainable parameters (all of ``parameters()``: SN ``u`` vectors and BN running averages are buffers, as they
-    are jaxgan's ``batch_stats``, not its ``params``)."""
-    return sum(p.numel() for p in module.parameters())
-
-
 def load_flax_params(g: Generator, d: Discriminator, g_params, d_params, d_batch_stats=None) -> None:
     """Copies jaxgan ResNet params into the torch modules (same names: ``stem``, ``block{i}/{bn1,conv1,bn2,conv2,
     shortcut}``, ``out_bn``, ``out_conv``; D ``block{i}/{conv1,conv2,shortcut}``, ``out``).
@@ -291,7 +280,7 @@ def load_flax_params(g: Generator, d: Discriminator, g_params, d_params, d_batch
 LOSSES = ("non_saturating", "hinge")
 
 
-class TorchSNGAN:
+class TorchSNGAN(TorchTwin):
     """Models, optimizers and one train step, ``step(real)`` (see the module docstring).
 
     ``real``: float32 NCHW images [n_critic, B, C, S, S] (minibatch ``i`` for D update ``i``), or [B, C, S, S] when
@@ -303,30 +292,15 @@ class TorchSNGAN:
                  device="cpu", compute_dtype="float32", seed=0, lr=2e-4, betas=(0.5, 0.999), channels_last=False):
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r}; accepted: {', '.join(LOSSES)}")
-        if compute_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"compute_dtype={compute_dtype!r}; accepted: float32, bfloat16")
         if n_critic < 1:
             raise ValueError(f"n_critic must be >= 1, got {n_critic}")
         torch.manual_seed(seed)
-        self.device = torch.device(device)
-        self.g = Generator(latent_dim, image_size, channels, ch)
-        self.d = Discriminator(image_size, channels, ch)
-        init_weights(self.g)
-        init_weights(self.d)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.g.to(self.device, memory_format=self.memory_format)
-        self.d.to(self.device, memory_format=self.memory_format)
-        self.g.train()
-        self.d.train()
-        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=lr, betas=betas, eps=1e-8)
-        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=lr, betas=betas, eps=1e-8)
+        g = Generator(latent_dim, image_size, channels, ch)
+        d = Discriminator(image_size, channels, ch)
+        init_weights(g)
+        init_weights(d)
+        self._setup(g, d, device=device, compute_dtype=compute_dtype, channels_last=channels_last, lr=lr, betas=betas)
         self.loss, self.n_critic, self.latent_dim = loss, n_critic, latent_dim
-        self.compute_dtype = compute_dtype
-
-    def _autocast(self):
-        if self.compute_dtype == "float32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _latents(self, b):
         return torch.randn(b, self.latent_dim, device=self.device)
@@ -354,9 +328,9 @@ class TorchSNGAN:
         for i in range(self.n_critic):
             x = real[i].contiguous(memory_format=self.memory_format)
             b = x.shape[0]
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), self.autocast():
                 fake = self.g(self._latents(b))
-            with self._autocast():
+            with self.autocast():
                 out = self.d(torch.cat([x, fake]).contiguous(memory_format=self.memory_format))
             d_loss = self._d_loss(out[:b], out[b:])
             self.opt_d.zero_grad(set_to_none=True)
@@ -367,7 +341,7 @@ class TorchSNGAN:
         for p in self.d.parameters():
             p.requires_grad_(False)
         try:
-            with self._autocast():
+            with self.autocast():
                 fake_out = self.d(self.g(self._latents(b)).contiguous(memory_format=self.memory_format))
             g_loss = self._g_loss(fake_out)
             self.opt_g.zero_grad(set_to_none=True)

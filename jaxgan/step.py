@@ -221,11 +221,12 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module, objective: O
 
 
 
-def scan_slows_convolutions() -> bool:
-    """Whether the default backend runs convolutions inside a while loop (``lax.scan``) much more slowly than
-    inlined: XLA:CPU does (~25x for a DCGAN step), so several conv steps per call are inlined there. On GPU the
-    scan is the faster way (H100, DCGAN 32 px, batch 256, 10 steps per call vs 1: 1.16x float32, 1.46x bfloat16)."""
-    return jax.default_backend() == "cpu"
+def inline_multi_steps(has_convolutions: bool) -> bool:
+    """Whether several steps in one jitted call should be inlined rather than run under ``lax.scan``: for models
+    with convolutions on the CPU backend, where XLA runs convolutions inside a while loop ~25x slower (a DCGAN
+    step). Elsewhere the scan is the faster way (H100, DCGAN 32 px, batch 256, 10 steps per call vs 1: 1.16x
+    float32, 1.46x bfloat16)."""
+    return has_convolutions and jax.default_backend() == "cpu"
 
 
 def make_multi_step(step: Callable, num_steps: int, *, unroll: bool = False) -> Callable:

@@ -53,7 +53,7 @@ from jaxgan import experiment as experiment_lib
 from jaxgan import parallel
 from jaxgan.data import toy
 from jaxgan.experiment import Config, ConfigError
-from jaxgan.step import sample, scan_slows_convolutions
+from jaxgan.step import inline_multi_steps, sample
 
 # Run-time hyperparameters: scalars in GANState.hparams; runs that differ only in them share one program.
 RUNTIME_HPARAMS = ("g_lr", "d_lr", "penalty_weight", "label_smoothing", "instance_noise", "ema_decay")
@@ -442,7 +442,7 @@ def make_trainer(exp, config: Config, vmapped: bool, mesh: Mesh | None = None) -
             def body(carry, inputs):
                 t, batch = inputs
                 return per_run(carry, data_keys, t, batch)
-            if config.is_toy or not scan_slows_convolutions():
+            if not inline_multi_steps(not config.is_toy):
                 return jax.lax.scan(body, state, (t0 + jnp.arange(length), batches), length=length)
             # Image models on CPU: the steps inlined in Python. XLA:CPU runs convolutions inside a while loop ~25x
             # slower (measured here: 1.88 s vs 0.075 s per DCGAN step, also with lax.scan(unroll=True)).
@@ -477,7 +477,7 @@ def run_group(group: Group, *, chunk: int | None = None, steps_per_call: int = 0
         every chunk uses the same compiled program. With a ``mesh`` of K seed devices, an explicit chunk must
         be a multiple of K (`SweepError` otherwise); the default is rounded up to one.
       steps_per_call: steps per jitted call (``lax.scan``); 0: up to the next evaluation (toy data) or 1
-        (image data, whose batches come from the host; K > 1 inlines K steps in one program, not a loop:
+        (image data, whose batches come from the host; on CPU, K > 1 inlines K steps in one program, not a loop:
         longer compilation, since convolutions inside a while loop run ~25x slower on XLA:CPU).
       eval_every: steps between evaluations (training metrics of that step + sample metrics); 0: config.log_every.
       num_samples: final samples per run (samples.npy and final metrics); None: config.num_samples for 2D data,

@@ -33,7 +33,7 @@ from jaxgan import reliability
 from jaxgan.checkpoint import Checkpointer
 from jaxgan.data import toy
 from jaxgan.experiment import Config, ConfigError
-from jaxgan.step import make_multi_step, sample, scan_slows_convolutions
+from jaxgan.step import inline_multi_steps, make_multi_step, sample
 
 # Fields that may change between invocations on one workdir (extending a run, logging more often).
 RESUMABLE_FIELDS = ("steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "num_samples",
@@ -276,8 +276,8 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
     # sample/eval intervals are multiples of k (validated), so they fall on call boundaries. lax.scan, except for
     # image models on CPU, which inline the k steps (XLA:CPU runs convolutions inside a while loop ~25x slower).
     per_call = config.steps_per_call if mesh is None else 1
-    inline = not config.is_toy and scan_slows_convolutions()
-    multi_fn = (jax.jit(make_multi_step(guarded_step, per_call, unroll=inline), donate_argnums=(0, 2))
+    multi_fn = (jax.jit(make_multi_step(guarded_step, per_call, unroll=inline_multi_steps(not config.is_toy)),
+                        donate_argnums=(0, 2))
                 if per_call > 1 else None)
     latents_key = jax.random.fold_in(key, 7)
     if parallel.is_primary():

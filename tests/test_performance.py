@@ -236,6 +236,9 @@ def test_step_throughput_reports_consistent_figures(capsys):
     twin_args = step_throughput.parse_args(["--model=sagan", "--image_size=32", "--compare_torch"])
     assert step_throughput.make_torch_twin(twin_args, None, (0, 0)) is None  # no twin: skipped with a message
     assert "--model=sagan at 32 px has no torch twin" in capsys.readouterr().out
+    twin_args = step_throughput.parse_args(["--model=dcgan", "--n_critic=2", "--compare_torch"])
+    assert step_throughput.make_torch_twin(twin_args, None, (0, 0)) is None  # its step has one D update
+    assert "not --n_critic=2; skipped" in capsys.readouterr().out
     r = step_throughput.main(["--model=dcgan", "--image_size=32", "--channels=1", "--width=4", "--batch_size=4",
                               "--blocks=2", "--block_steps=2", "--warmup=1", "--peak"])
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -354,7 +354,7 @@ def test_image_steps_scanned_off_cpu_equal_inlined(monkeypatch):
     batches = {"x": jax.random.uniform(jax.random.key(5), (2, 1, 4, 28, 28, 1), minval=-1, maxval=1)}
     results, whiles = {}, {}
     for slow in (True, False):
-        monkeypatch.setattr(sweep, "scan_slows_convolutions", lambda slow=slow: slow)
+        monkeypatch.setattr(sweep, "inline_multi_steps", lambda has_convolutions, slow=slow: has_convolutions and slow)
         train = sweep.make_trainer(exp, config, vmapped=False)
         state = jax.jit(exp.init)(jax.random.key(0))  # distinct buffers: the trainer donates the state
         args = (state, jax.random.key(1), jax.numpy.int32(0), batches)
