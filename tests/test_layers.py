@@ -7,13 +7,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgan.models import layers
+from jaxgan import native
+from jaxgan.models import layers, onednn
 from jaxgan.models.layers import Conv, ConvTranspose
 
 # Pure formulations, "auto" and custom_vjp mixes that put every formulation in every pass at least once
 # over the two lists (each pure formulation's passes are its autodiff; the mixes use linear transposes).
-IMPLS = ["auto", "xla", "phase", "gemm", "gemm/phase/xla"]
-T_IMPLS = ["auto", "xla", "phase", "gemm", "phase/gemm/corr", "gemm/xla/phase", "xla/xla/corr"]  # last: gpu auto
+# "auto" on cpu is "dnnl" (oneDNN) where the extension is available; "auto-xla" is the rule without it.
+IMPLS = ["auto", "auto-xla", "dnnl", "xla", "phase", "gemm", "gemm/phase/xla"]
+T_IMPLS = ["auto", "auto-xla", "dnnl", "xla", "phase", "gemm", "phase/gemm/corr", "gemm/xla/phase",
+           "xla/xla/corr"]  # last: gpu auto
 
 # (flax kwargs, input shape NHWC)
 CONV_CASES = [
@@ -30,6 +33,22 @@ CONVT_CASES = [
     (dict(features=4, kernel_size=(3, 3), strides=(2, 2), padding="VALID", transpose_kernel=True), (2, 3, 3, 3)),
     (dict(features=4, kernel_size=(3, 3), strides=(3, 2), padding=((0, 1), (3, -1))), (2, 4, 5, 3)),
 ]
+
+
+def _module(cls, kw, impl, x_shape, monkeypatch):
+  """cls(**kw) with `impl`; "dnnl" skips without the extension and must raise where oneDNN cannot run."""
+  if impl == "auto-xla":
+    monkeypatch.setattr(layers.onednn, "supported", lambda *a: False)
+    impl = "auto"
+  if impl == "dnnl":
+    if not onednn.available():
+      pytest.skip("oneDNN extension unavailable: " + native.why_unavailable("onednn_conv"))
+    pads = kw.get("padding")
+    if not isinstance(pads, str) and min(p for lo_hi in pads for p in lo_hi) < 0:  # negative pads: not on oneDNN
+      with pytest.raises(ValueError, match="dnnl"):
+        _run(cls(**kw, implementation=impl), x_shape)
+      pytest.skip("negative padding: 'dnnl' raises (checked)")
+  return cls(**kw, implementation=impl)
 
 
 def _rel(a, b):
@@ -73,16 +92,16 @@ def _check(ref, mine, x_shape):
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("case", range(len(CONV_CASES)))
-def test_conv_matches_flax(case, impl):
+def test_conv_matches_flax(case, impl, monkeypatch):
   kw, x_shape = CONV_CASES[case]
-  _compare(_run(Conv(**kw, implementation=impl), x_shape), _reference("conv", case))
+  _compare(_run(_module(Conv, kw, impl, x_shape, monkeypatch), x_shape), _reference("conv", case))
 
 
 @pytest.mark.parametrize("impl", T_IMPLS)
 @pytest.mark.parametrize("case", range(len(CONVT_CASES)))
-def test_conv_transpose_matches_flax(case, impl):
+def test_conv_transpose_matches_flax(case, impl, monkeypatch):
   kw, x_shape = CONVT_CASES[case]
-  _compare(_run(ConvTranspose(**kw, implementation=impl), x_shape), _reference("convt", case))
+  _compare(_run(_module(ConvTranspose, kw, impl, x_shape, monkeypatch), x_shape), _reference("convt", case))
 
 
 def test_fallback_and_defaults(impl="phase"):
@@ -121,7 +140,7 @@ def test_auto_rule_and_second_order():
   # reverse-over-reverse (gradient penalties) through the custom_vjp
   kw = dict(features=4, kernel_size=(4, 4), strides=(2, 2), padding=((1, 1), (1, 1)))
   x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
-  ref, mine = nn.Conv(**kw), Conv(**kw, implementation="gemm/phase/xla")
+  ref = nn.Conv(**kw)
   p = ref.init(jax.random.key(0), x)
 
   def penalty(m):
@@ -130,5 +149,6 @@ def test_auto_rule_and_second_order():
       return jnp.sum(gx ** 2)
     return jax.grad(f)(p)
 
-  for a, b in zip(jax.tree.leaves(penalty(mine)), jax.tree.leaves(penalty(ref))):
-    assert _rel(a, b) < 1e-5
+  for impl in ["gemm/phase/xla"] + (["dnnl"] if onednn.available() else []):
+    for a, b in zip(jax.tree.leaves(penalty(Conv(**kw, implementation=impl))), jax.tree.leaves(penalty(ref))):
+      assert _rel(a, b) < 1e-5

@@ -96,6 +96,9 @@ from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 from jax import lax
 
+from jaxgan import native as native_ext
+from jaxgan.models import onednn
+
 _DN = ("NHWC", "HWIO", "NHWC")
 Pads = tuple[tuple[int, int], ...]
 
@@ -222,6 +225,9 @@ def convt_wgrad_corr(x, g, w_shape, s, pads, precision=None):
 
 _FORMS = {"conv": {"xla": conv_xla, "phase": conv_phase, "gemm": conv_gemm},
           "convt": {"xla": convt_xla, "phase": convt_phase, "gemm": convt_gemm}}
+# oneDNN: all three passes as FFI custom calls with their own (nestable) VJPs; not mixed with the others.
+_NATIVE = {"conv": lambda x, w, s, pads, precision=None: onednn.conv(x, w, tuple(s), pads),
+           "convt": lambda x, w, s, pads, precision=None: onednn.convt(x, w, tuple(s), pads)}
 _EXTRA_WGRAD = {"convt": {"corr": convt_wgrad_corr}}
 
 
@@ -277,19 +283,32 @@ def _auto_cpu(kind, s, cin, cout, hw):
   return "xla/gemm/xla" if area <= 64 else "xla/phase/xla"
 
 
-def _resolve(impl, kind, s, cin, cout, hw):
+def _resolve(impl, kind, s, cin, cout, hw, native=False):
+  """impl -> [fwd, dgrad, wgrad] names; `native`: oneDNN can run this call (onednn.supported)."""
+  if impl == "dnnl" and not native:
+    raise ValueError("implementation='dnnl' needs float32 on the cpu backend, non-negative paddings and the "
+                     "oneDNN extension (jaxgan.native: "
+                     f"{native_ext.why_unavailable('onednn_conv') or 'available'}); use 'auto' to fall back")
   if impl == "auto":
-    impl = _auto_cpu(kind, s, cin, cout, hw) if jax.default_backend() == "cpu" else _auto_accelerator(kind, s)
+    if native:
+      impl = "dnnl"
+    else:
+      impl = _auto_cpu(kind, s, cin, cout, hw) if jax.default_backend() == "cpu" else _auto_accelerator(kind, s)
+  if impl == "dnnl":
+    return ["dnnl"] * 3
   names = impl.split("/") if "/" in impl else [impl] * 3
   if (len(names) != 3 or any(n not in _FORMS[kind] for n in names[:2])
       or names[2] not in {**_FORMS[kind], **_EXTRA_WGRAD.get(kind, {})}):
-    raise ValueError(f"implementation={impl!r}; accepted: 'auto', 'xla', 'phase', 'gemm', or 'F/D/W' "
-                     "with F, D, W each one of those three (W may also be 'corr' for ConvTranspose).")
+    raise ValueError(f"implementation={impl!r}; accepted: 'auto', 'dnnl', 'xla', 'phase', 'gemm', or 'F/D/W' "
+                     "with F, D, W each one of 'xla', 'phase', 'gemm' (W may also be 'corr' for ConvTranspose).")
   return names
 
 
 def _apply(kind, impl, x, w, s, pads, precision):
-  fwd, dgrad, wgrad = _resolve(impl, kind, s, w.shape[2], w.shape[3], x.shape[1:3])
+  fwd, dgrad, wgrad = _resolve(impl, kind, s, w.shape[2], w.shape[3], x.shape[1:3],
+                               impl in ("auto", "dnnl") and onednn.supported(kind, x, w, s, pads))
+  if fwd == "dnnl":
+    return _NATIVE[kind](x, w, s, pads)
   if fwd == dgrad == wgrad:
     return _FORMS[kind][fwd](x, w, s, pads, precision)
   return _mixed(kind, fwd, dgrad, wgrad, s, pads, precision)(x, w)

@@ -1,0 +1,235 @@
+// oneDNN 2-D convolutions as XLA:CPU FFI custom calls (float32, NHWC activations, HWIO kernels).
+//
+// One strided, padded convolution  y[n, i, o] = sum_{k, c} xpad[n, s*i + k, c] w[k, c, o]  and its two
+// adjoints; every convolution pass of jaxgan.models.layers (Conv and ConvTranspose, forward, input gradient,
+// weight gradient) is one of these three (see jaxgan/models/onednn.py):
+//   JaxganOnednnConvFwd          (x [N,H,W,C], w [kh,kw,C,O])   -> y  [N,Ho,Wo,O]
+//   JaxganOnednnConvBwdData      (g [N,Ho,Wo,O], w [kh,kw,C,O]) -> dx [N,H,W,C]   (shape from the result)
+//   JaxganOnednnConvBwdWeights   (x [N,H,W,C], g [N,Ho,Wo,O])   -> dw [kh,kw,C,O] (shape from the result)
+// Attributes: strides = [sh, sw], padding = [lo_h, hi_h, lo_w, hi_w] (lax.conv_general_dilated's pads).
+// Leading dimensions before the last four are a batch (jax.vmap; see RunBatched).
+// Primitives are built once per shape and cached; oneDNN chooses the kernel's weight layout ("any") and
+// the HWIO weights are reordered into it (weights are small next to activations, which stay NHWC).
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+
+namespace {
+
+enum Pass { kFwd = 0, kBwdData = 1, kBwdWeights = 2 };
+
+dnnl::engine& Engine() {
+  static dnnl::engine* engine = new dnnl::engine(dnnl::engine::kind::cpu, 0);
+  return *engine;
+}
+
+struct Geometry {
+  memory::dim n, c, h, w, o, kh, kw, ho, wo;
+  memory::dims strides, pad_l, pad_r;
+};
+
+struct Plan {
+  dnnl::primitive prim;
+  memory::desc src, weights, dst;  // the primitive's descriptors (weights maybe blocked)
+  memory::desc user_weights;       // HWIO
+  bool reorder = false;
+  dnnl::reorder weights_reorder;   // user -> primitive (fwd, bwd data) or primitive -> user (bwd weights)
+};
+
+std::string Key(Pass pass, const Geometry& g) {
+  std::string key = std::to_string(pass);
+  for (memory::dim d : {g.n, g.c, g.h, g.w, g.o, g.kh, g.kw, g.ho, g.wo, g.strides[0], g.strides[1],
+                        g.pad_l[0], g.pad_l[1], g.pad_r[0], g.pad_r[1]}) {
+    key += "," + std::to_string(d);
+  }
+  return key;
+}
+
+std::shared_ptr<Plan> MakePlan(Pass pass, const Geometry& g) {
+  auto f32 = memory::data_type::f32;
+  memory::desc src({g.n, g.c, g.h, g.w}, f32, tag::nhwc);
+  memory::desc dst({g.n, g.o, g.ho, g.wo}, f32, tag::nhwc);
+  memory::desc user_w({g.o, g.c, g.kh, g.kw}, f32, tag::hwio);
+  memory::desc any_w({g.o, g.c, g.kh, g.kw}, f32, tag::any);
+  auto& eng = Engine();
+  auto algo = dnnl::algorithm::convolution_direct;
+  dnnl::convolution_forward::primitive_desc fwd(eng, dnnl::prop_kind::forward_training, algo, src, any_w,
+                                                dst, g.strides, g.pad_l, g.pad_r);
+  auto plan = std::make_shared<Plan>();
+  plan->user_weights = user_w;
+  plan->src = src;
+  plan->dst = dst;
+  if (pass == kFwd) {
+    plan->prim = dnnl::convolution_forward(fwd);
+    plan->weights = fwd.weights_desc();
+  } else if (pass == kBwdData) {
+    dnnl::convolution_backward_data::primitive_desc bwd(eng, algo, src, any_w, dst, g.strides, g.pad_l,
+                                                        g.pad_r, fwd);
+    plan->prim = dnnl::convolution_backward_data(bwd);
+    plan->weights = bwd.weights_desc();
+  } else {
+    dnnl::convolution_backward_weights::primitive_desc bwd(eng, algo, src, any_w, dst, g.strides, g.pad_l,
+                                                           g.pad_r, fwd);
+    plan->prim = dnnl::convolution_backward_weights(bwd);
+    plan->weights = bwd.diff_weights_desc();
+  }
+  plan->reorder = plan->weights != user_w;
+  if (plan->reorder) {
+    plan->weights_reorder = pass == kBwdWeights
+                                ? dnnl::reorder(dnnl::reorder::primitive_desc(eng, plan->weights, eng, user_w))
+                                : dnnl::reorder(dnnl::reorder::primitive_desc(eng, user_w, eng, plan->weights));
+  }
+  return plan;
+}
+
+std::shared_ptr<Plan> GetPlan(Pass pass, const Geometry& g) {
+  static std::mutex mu;
+  static auto* cache = new std::unordered_map<std::string, std::shared_ptr<Plan>>();
+  std::string key = Key(pass, g);
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache->find(key);
+  if (it != cache->end()) return it->second;
+  auto plan = MakePlan(pass, g);
+  (*cache)[key] = plan;
+  return plan;
+}
+
+ffi::Error Run(Pass pass, const Geometry& g, const std::shared_ptr<Plan>& plan, void* src, void* weights,
+               void* dst) {
+  try {
+    auto& eng = Engine();
+    dnnl::stream stream(eng);
+    memory src_m(plan->src, eng, src), dst_m(plan->dst, eng, dst);
+    memory user_w(plan->user_weights, eng, weights);
+    memory prim_w = plan->reorder ? memory(plan->weights, eng) : user_w;
+    if (plan->reorder && pass != kBwdWeights) plan->weights_reorder.execute(stream, user_w, prim_w);
+    if (pass == kFwd) {
+      plan->prim.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, prim_w}, {DNNL_ARG_DST, dst_m}});
+    } else if (pass == kBwdData) {
+      plan->prim.execute(stream, {{DNNL_ARG_DIFF_SRC, src_m}, {DNNL_ARG_WEIGHTS, prim_w},
+                                  {DNNL_ARG_DIFF_DST, dst_m}});
+    } else {
+      plan->prim.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DIFF_WEIGHTS, prim_w},
+                                  {DNNL_ARG_DIFF_DST, dst_m}});
+      if (plan->reorder) plan->weights_reorder.execute(stream, prim_w, user_w);
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+// One operand: its data, its last four dimensions, and its leading (vmap) dimensions, which are either the
+// call's batch dimensions or 1 (jax.ffi_call's vmap_method="expand_dims": broadcast along that dimension).
+struct Operand {
+  char* data;
+  ffi::Span<const int64_t> dims;
+  int64_t Lead() const { return static_cast<int64_t>(dims.size()) - 4; }
+  int64_t ElementBytes() const {
+    const int64_t* d = Last4();
+    return static_cast<int64_t>(sizeof(float)) * d[0] * d[1] * d[2] * d[3];
+  }
+  const int64_t* Last4() const { return &*dims.begin() + dims.size() - 4; }
+};
+
+// Runs `pass` once per index of the leading dimensions. The three operands are (x side, kernel, y side)
+// in the kernel's roles: (src, weights, dst) with the result among them.
+ffi::Error RunBatched(Pass pass, Operand xs, Operand ws, Operand ys, ffi::Span<const int64_t> strides,
+                      ffi::Span<const int64_t> padding) {
+  if (xs.Lead() < 0 || xs.Lead() != ws.Lead() || xs.Lead() != ys.Lead() || strides.size() != 2 ||
+      padding.size() != 4) {
+    return ffi::Error::InvalidArgument("oneDNN convolution: expects NHWC activations, an HWIO kernel (with "
+                                       "the same number of leading batch dimensions), 2 strides and 4 pads");
+  }
+  const int64_t *x = xs.Last4(), *w = ws.Last4(), *y = ys.Last4();
+  Geometry g{x[0], x[3], x[1], x[2], y[3], w[0], w[1], y[1], y[2],
+             {strides[0], strides[1]}, {padding[0], padding[2]}, {padding[1], padding[3]}};
+  if (w[2] != g.c || w[3] != g.o || y[0] != g.n) {
+    return ffi::Error::InvalidArgument("oneDNN convolution: inconsistent shapes");
+  }
+  std::shared_ptr<Plan> plan;
+  try {
+    plan = GetPlan(pass, g);
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string("oneDNN convolution: ") + e.what());
+  }
+  int64_t lead = xs.Lead(), total = 1;
+  std::vector<int64_t> batch(lead);
+  for (int64_t d = 0; d < lead; ++d) {
+    batch[d] = std::max({xs.dims[d], ws.dims[d], ys.dims[d]});
+    total *= batch[d];
+  }
+  Operand* ops[3] = {&xs, &ws, &ys};
+  for (int64_t i = 0; i < total; ++i) {
+    char* ptr[3];
+    for (int k = 0; k < 3; ++k) {  // row-major offset over the operand's own leading dims (size 1 = broadcast)
+      int64_t offset = 0, rest = i;
+      std::vector<int64_t> index(lead);
+      for (int64_t d = lead - 1; d >= 0; --d) {
+        index[d] = rest % batch[d];
+        rest /= batch[d];
+      }
+      for (int64_t d = 0; d < lead; ++d) offset = offset * ops[k]->dims[d] + (ops[k]->dims[d] == 1 ? 0 : index[d]);
+      ptr[k] = ops[k]->data + offset * ops[k]->ElementBytes();
+    }
+    ffi::Error err = Run(pass, g, plan, ptr[0], ptr[1], ptr[2]);
+    if (err.failure()) return err;
+  }
+  return ffi::Error::Success();
+}
+
+Operand Of(ffi::Buffer<ffi::F32>& b) { return {static_cast<char*>(b.untyped_data()), b.dimensions()}; }
+Operand Of(ffi::ResultBuffer<ffi::F32>& b) { return {static_cast<char*>(b->untyped_data()), b->dimensions()}; }
+
+ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
+                   ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
+  return RunBatched(kFwd, Of(x), Of(w), Of(y), strides, padding);
+}
+
+ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
+                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
+  return RunBatched(kBwdData, Of(dx), Of(w), Of(dy), strides, padding);
+}
+
+ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
+                          ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
+  return RunBatched(kBwdWeights, Of(x), Of(dw), Of(dy), strides, padding);
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxganOnednnConvFwd, ConvFwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxganOnednnConvBwdData, ConvBwdData,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxganOnednnConvBwdWeights, ConvBwdWeights,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding"));
