@@ -43,6 +43,7 @@ struct Plan {
   dnnl::primitive prim;
   memory::desc src, weights, dst;  // the primitive's descriptors (weights maybe blocked)
   memory::desc user_weights;       // HWIO
+  memory::desc scratchpad;         // per execution (user mode): concurrent calls never share one
   bool reorder = false;
   dnnl::reorder weights_reorder;   // user -> primitive (fwd, bwd data) or primitive -> user (bwd weights)
 };
@@ -64,8 +65,10 @@ std::shared_ptr<Plan> MakePlan(Pass pass, const Geometry& g) {
   memory::desc any_w({g.o, g.c, g.kh, g.kw}, f32, tag::any);
   auto& eng = Engine();
   auto algo = dnnl::algorithm::convolution_direct;
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   dnnl::convolution_forward::primitive_desc fwd(eng, dnnl::prop_kind::forward_training, algo, src, any_w,
-                                                dst, g.strides, g.pad_l, g.pad_r);
+                                                dst, g.strides, g.pad_l, g.pad_r, attr);
   auto plan = std::make_shared<Plan>();
   plan->user_weights = user_w;
   plan->src = src;
@@ -73,16 +76,19 @@ std::shared_ptr<Plan> MakePlan(Pass pass, const Geometry& g) {
   if (pass == kFwd) {
     plan->prim = dnnl::convolution_forward(fwd);
     plan->weights = fwd.weights_desc();
+    plan->scratchpad = fwd.scratchpad_desc();
   } else if (pass == kBwdData) {
     dnnl::convolution_backward_data::primitive_desc bwd(eng, algo, src, any_w, dst, g.strides, g.pad_l,
-                                                        g.pad_r, fwd);
+                                                        g.pad_r, fwd, attr);
     plan->prim = dnnl::convolution_backward_data(bwd);
     plan->weights = bwd.weights_desc();
+    plan->scratchpad = bwd.scratchpad_desc();
   } else {
     dnnl::convolution_backward_weights::primitive_desc bwd(eng, algo, src, any_w, dst, g.strides, g.pad_l,
-                                                           g.pad_r, fwd);
+                                                           g.pad_r, fwd, attr);
     plan->prim = dnnl::convolution_backward_weights(bwd);
     plan->weights = bwd.diff_weights_desc();
+    plan->scratchpad = bwd.scratchpad_desc();
   }
   plan->reorder = plan->weights != user_w;
   if (plan->reorder) {
@@ -113,15 +119,17 @@ ffi::Error Run(Pass pass, const Geometry& g, const std::shared_ptr<Plan>& plan, 
     memory src_m(plan->src, eng, src), dst_m(plan->dst, eng, dst);
     memory user_w(plan->user_weights, eng, weights);
     memory prim_w = plan->reorder ? memory(plan->weights, eng) : user_w;
+    memory scratch(plan->scratchpad, eng);
     if (plan->reorder && pass != kBwdWeights) plan->weights_reorder.execute(stream, user_w, prim_w);
     if (pass == kFwd) {
-      plan->prim.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, prim_w}, {DNNL_ARG_DST, dst_m}});
+      plan->prim.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, prim_w}, {DNNL_ARG_DST, dst_m},
+                                  {DNNL_ARG_SCRATCHPAD, scratch}});
     } else if (pass == kBwdData) {
       plan->prim.execute(stream, {{DNNL_ARG_DIFF_SRC, src_m}, {DNNL_ARG_WEIGHTS, prim_w},
-                                  {DNNL_ARG_DIFF_DST, dst_m}});
+                                  {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
     } else {
       plan->prim.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DIFF_WEIGHTS, prim_w},
-                                  {DNNL_ARG_DIFF_DST, dst_m}});
+                                  {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
       if (plan->reorder) plan->weights_reorder.execute(stream, prim_w, user_w);
     }
     stream.wait();

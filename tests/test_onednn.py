@@ -1,0 +1,133 @@
+"""jaxgan.models.onednn / jaxgan.native: oneDNN convolutions equal XLA's, to any order of reverse mode and
+under vmap; the extension builds wherever a compiler and the oneDNN wheels are present."""
+import platform
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxgan import native
+from jaxgan.models import layers, onednn
+
+
+def _buildable():
+  if platform.system() != "Linux" or platform.machine() != "x86_64" or not shutil.which("g++"):
+    return False
+  try:
+    native._onednn_paths()
+  except LookupError:
+    return False
+  return True
+
+
+def test_extension_builds_where_it_can():
+  if not _buildable():
+    pytest.skip("no g++ or no oneDNN wheels here: jaxgan falls back to XLA's convolutions")
+  assert onednn.available(), native.why_unavailable("onednn_conv")
+
+
+needs_onednn = pytest.mark.skipif(not (_buildable() and onednn.available()),
+                                  reason="oneDNN extension unavailable")
+
+
+def test_build_failures_are_reported(monkeypatch, tmp_path):
+  monkeypatch.setenv("JAXGAN_NATIVE_CACHE", str(tmp_path))
+  monkeypatch.setenv("JAXGAN_NATIVE", "0")
+  with pytest.raises(LookupError, match="JAXGAN_NATIVE=0"):
+    native._build("onednn_conv")
+  if not _buildable():
+    return
+  monkeypatch.setenv("JAXGAN_NATIVE", "1")
+  monkeypatch.setenv("CXX", "false")  # a "compiler" that fails: reason given, no library or temp file left
+  with pytest.raises(LookupError, match="compiling onednn_conv.cc failed"):
+    native._build("onednn_conv")
+  assert list(tmp_path.iterdir()) == []
+
+
+def _xla(x, w, s, pads):
+  return lax.conv_general_dilated(x, w, s, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _rel(a, b):
+  return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+# (x shape NHWC, kernel shape HWIO, strides, pads): DCGAN-style, stride 1 "SAME", uneven strides and pads,
+# 1x1 kernel, a kernel larger than the stride with no padding, batch 1
+GEOMETRIES = [((2, 8, 8, 3), (4, 4, 3, 5), (2, 2), ((1, 1), (1, 1))),
+              ((2, 7, 6, 4), (3, 3, 4, 4), (1, 1), ((1, 1), (1, 1))),
+              ((3, 9, 8, 2), (5, 3, 2, 3), (3, 2), ((2, 0), (1, 2))),
+              ((2, 5, 5, 6), (1, 1, 6, 2), (1, 1), ((0, 0), (0, 0))),
+              ((1, 10, 7, 3), (4, 3, 3, 2), (2, 3), ((0, 0), (0, 0)))]
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", range(len(GEOMETRIES)))
+def test_passes_match_xla(case):
+  xs, ws, s, pads = GEOMETRIES[case]
+  kx, kw, kg = jax.random.split(jax.random.key(case), 3)
+  x, w = jax.random.normal(kx, xs), jax.random.normal(kw, ws)
+  y_ref, vjp = jax.vjp(lambda x, w: _xla(x, w, s, pads), x, w)
+  g = jax.random.normal(kg, y_ref.shape)
+  dx_ref, dw_ref = vjp(g)
+  y = jax.jit(onednn.conv, static_argnums=(2, 3))(x, w, s, pads)
+  assert y.shape == y_ref.shape and _rel(y, y_ref) < 1e-5
+  dx = onednn.conv_input_grad(g, w, s, pads, xs[1:3])
+  dw = onednn.conv_kernel_grad(x, g, s, pads, ws[:2])
+  assert dx.shape == dx_ref.shape and _rel(dx, dx_ref) < 1e-5
+  assert dw.shape == dw_ref.shape and _rel(dw, dw_ref) < 1e-5
+  # the same numbers again (one machine, one thread count: deterministic)
+  np.testing.assert_array_equal(onednn.conv_kernel_grad(x, g, s, pads, ws[:2]), dw)
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", [0, 2])
+def test_higher_order_reverse_mode(case):
+  """Gradient penalties: the gradient of |d out/dx|^2 and of |d out/dw|^2 (each VJP's VJP), and a third
+  order (the gradient of a second-order quantity's squared norm)."""
+  xs, ws, s, pads = GEOMETRIES[case]
+  x, w = jax.random.normal(jax.random.key(1), xs), jax.random.normal(jax.random.key(2), ws)
+
+  def penalties(conv):
+    out = lambda x, w: jnp.sum(jnp.tanh(conv(x, w, s, pads)))
+    gx = lambda x, w: jnp.sum(jax.grad(out, 0)(x, w) ** 2)
+    gw = lambda x, w: jnp.sum(jax.grad(out, 1)(x, w) ** 2)
+    third = lambda x, w: jnp.sum(jax.grad(gx, 1)(x, w) ** 2)
+    return [jax.grad(f, (0, 1))(x, w) for f in (gx, gw, third)]
+
+  for mine, ref in zip(penalties(onednn.conv), penalties(_xla)):
+    for a, b in zip(mine, ref):
+      assert _rel(a, b) < 1e-4
+
+
+@needs_onednn
+def test_vmap_batches_and_broadcasts():
+  """Leading vmap dimensions: batched in every operand, or in some (the others broadcast), nested twice."""
+  s, pads = (2, 2), ((1, 1), (1, 1))
+  x = jax.random.normal(jax.random.key(0), (3, 2, 8, 8, 3))   # [models, N, H, W, C]
+  w = jax.random.normal(jax.random.key(1), (4, 4, 4, 3, 5))   # [kernels, kh, kw, C, O]
+  both = lambda f: jax.vmap(jax.vmap(lambda x, w: f(x, w, s, pads), (0, None)), (None, 0))  # [kernels, models]
+  assert _rel(both(onednn.conv)(x, w), both(_xla)(x, w)) < 1e-5
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w, s, pads)))
+  per_model = lambda f: jax.vmap(jax.grad(loss(f), (0, 1)), (0, 0))(x, w[:3])
+  for a, b in zip(per_model(onednn.conv), per_model(_xla)):
+    assert _rel(a, b) < 1e-5
+  convt = jax.vmap(lambda x: onednn.convt(x, w[0, :, :, :, :3].swapaxes(2, 3), (2, 2), ((2, 2), (2, 2))))
+  ref = jax.vmap(lambda x: layers.convt_xla(x, w[0, :, :, :, :3].swapaxes(2, 3), (2, 2), ((2, 2), (2, 2))))
+  assert _rel(convt(x), ref(x)) < 1e-5
+
+
+@needs_onednn
+def test_layers_use_onednn_where_supported():
+  x = jnp.ones((2, 8, 8, 3))
+  program = lambda impl, dtype=jnp.float32: jax.jit(
+      lambda x: layers.Conv(4, (4, 4), strides=2, dtype=dtype, implementation=impl).init_with_output(
+          jax.random.key(0), x)[0]).lower(x).as_text()
+  assert "JaxganOnednnConvFwd" in program("auto") and "JaxganOnednnConvFwd" in program("dnnl")
+  assert "JaxganOnednn" not in program("xla")
+  assert "JaxganOnednn" not in program("auto", jnp.bfloat16)  # only float32: bfloat16 stays on XLA
+  with pytest.raises(ValueError, match="implementation='dnnl' needs float32"):
+    program("dnnl", jnp.bfloat16)
