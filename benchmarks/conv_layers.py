@@ -6,7 +6,10 @@ warmed up, then timed `--repeats` times, implementations interleaved, with `bloc
 table shows the median ms and GFLOP/s from the nominal MAC count (2*MACs, padding taps included).
 Timings on a shared machine are noisy (+-10-30 %); re-run and compare medians.
 
-  python benchmarks/conv_layers.py [--repeats 7] [--impls xla,phase,gemm,auto] [--layers G.up1,D.down1]
+  python benchmarks/conv_layers.py [--repeats 7] [--impls xla,phase,gemm,dnnl,auto] [--layers G.up1,D.down1]
+
+"dnnl" = oneDNN's kernels (jaxgan.models.onednn); "auto" is "dnnl" on cpu where the extension is available,
+the per-pass rule of jaxgan.models.layers with JAXGAN_NATIVE=0.
 
 The last line is JSON: {"device": ..., "results": [{"layer", "pass", "impl", "ms", "gflops"}, ...]}.
 """
@@ -67,7 +70,7 @@ def _time(fn):
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--repeats", type=int, default=7)
-  ap.add_argument("--impls", default="xla,phase,gemm,corr,auto")
+  ap.add_argument("--impls", default="xla,phase,gemm,corr,dnnl,auto")
   ap.add_argument("--layers", default=",".join(LAYERS))
   args = ap.parse_args()
   impls, names = args.impls.split(","), args.layers.split(",")

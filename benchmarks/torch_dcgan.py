@@ -99,7 +99,7 @@ def load_flax_params(g: Generator, d: Discriminator, g_params, d_params) -> None
     kernel is used by ``lax.conv_transpose`` without flipping, while torch's ConvTranspose2d is the adjoint of a
     convolution, i.e. uses the spatially flipped kernel: torch [in, out, kh, kw] = flip_hw(flax).transpose."""
     def t(a):
-        return torch.from_numpy(np.ascontiguousarray(np.asarray(a, np.float32)))
+        return torch.from_numpy(np.array(a, np.float32))  # a writable copy
 
     convs, bns = _convs_and_bns(g)
     with torch.no_grad():

@@ -11,17 +11,24 @@ convolution is computed differs, chosen by the field ``implementation``:
   (transposed conv). Gradients by autodiff (GEMMs + pads/slices).
 * ``"F/D/W"`` -- e.g. ``"xla/phase/gemm"``: a ``jax.custom_vjp`` that computes the forward with F, the
   input gradient (dgrad) with the linear transpose of D and the weight gradient (wgrad) with that of W.
-* ``"auto"``  -- on gpu/tpu (``jax.default_backend()``) ``"xla"``, except ``"xla/xla/corr"`` for strided
-  transposed convs (`_auto_accelerator`: XLA:GPU's own weight gradient of those materialises the dilated input;
-  DCGAN 128 px float32 on an H100: 31.7 -> 53.9 steps/s); on cpu the per-pass rule below.
+* ``"dnnl"``  -- oneDNN's convolution kernels through XLA FFI custom calls (``jaxgan.models.onednn``,
+  ``jaxgan/native``): cpu, float32, non-negative paddings; raises where it cannot run. Not mixed with the others.
+* ``"auto"``  -- on cpu ``"dnnl"`` wherever it can run (float32, extension built), else the per-pass rule
+  below; on gpu/tpu (``jax.default_backend()``) ``"xla"``, except ``"xla/xla/corr"`` for strided transposed
+  convs (`_auto_accelerator`: XLA:GPU's own weight gradient of those materialises the dilated input;
+  DCGAN 128 px float32 on an H100: 31.7 -> 53.9 steps/s).
 
 Fast paths cover 2-D NHWC convolutions with ``feature_group_count=1`` and no input/kernel dilation (any
 stride, kernel size and padding); anything else silently uses ``"xla"`` (correct, maybe slow).
-Caveat: the ``custom_vjp`` ("F/D/W" with mixed names, so "auto" on cpu and for strided transposed convs on
-gpu/tpu) supports reverse mode, also reverse-over-reverse (gradient penalties), but not forward mode
+Caveat: the ``custom_vjp`` ("dnnl", and "F/D/W" with mixed names, so "auto" on cpu and for strided transposed
+convs on gpu/tpu) supports reverse mode, also reverse-over-reverse (gradient penalties), but not forward mode
 (``jax.jvp``); use a single name there.
 
-Why: XLA:CPU lowers the weight gradient of a transposed convolution (and to a lesser degree the input
+Why oneDNN first on cpu: the same convolutions in oneDNN's kernels take 569 ms per DCGAN 64x64x3 set of passes
+below against 770 ms for the best XLA formulations (``benchmarks/conv_layers.py --impls auto,dnnl`` with and
+without ``JAXGAN_NATIVE=0``), and whole DCGAN/SNGAN steps go from 0.91-0.97x PyTorch to 1.05-1.34x (README).
+
+Why the XLA formulations: XLA:CPU lowers the weight gradient of a transposed convolution (and to a lesser degree the input
 gradient of a strided conv) to convolutions its Eigen path does not take; they run at 4-5 GFLOP/s
 (see shared/notes/cpu-performance.md).
 
@@ -67,7 +74,7 @@ the dedicated transposed-conv weight gradient; "auto" = the rule below (before i
     S.conv3  wgrad      50.5 (  96)     50.8 (  95)    122.1 (  40)               -     58.7 (  82)
     sum                      4698.2           970.0          1976.6           423.7           807.2
 
-Auto rule on cpu ("fwd/dgrad/wgrad"; hw = input height*width; see ``_auto_cpu``)::
+Auto rule on cpu without oneDNN ("fwd/dgrad/wgrad"; hw = input height*width; see ``_auto_cpu``)::
 
     ConvTranspose stride 1: 1x1 input -> "gemm/gemm/corr" (G.up0, a dense projection), else "xla"
     ConvTranspose stride>1: features <= 16 -> "xla/xla/corr" (G.up4, to-image)

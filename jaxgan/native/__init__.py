@@ -18,8 +18,10 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 
 import jax
+from absl import logging
 
 _SOURCES = pathlib.Path(__file__).resolve().parent
 _REASONS: dict[str, str] = {}
@@ -62,10 +64,12 @@ def _build(name: str) -> pathlib.Path:
   fd, tmp = tempfile.mkstemp(dir=cache, suffix=".so.tmp")
   os.close(fd)
   try:
+    start = time.perf_counter()
     proc = subprocess.run(cmd + ["-o", tmp], capture_output=True, text=True)
     if proc.returncode != 0:
       raise LookupError(f"compiling {source.name} failed:\n{proc.stderr[-2000:]}")
     os.replace(tmp, target)
+    logging.info("jaxgan.native: built %s in %.1f s -> %s", source.name, time.perf_counter() - start, target)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
