@@ -26,7 +26,7 @@ convs on gpu/tpu) supports reverse mode, also reverse-over-reverse (gradient pen
 
 Why oneDNN first on cpu: the same convolutions in oneDNN's kernels take 569 ms per DCGAN 64x64x3 set of passes
 below against 770 ms for the best XLA formulations (``benchmarks/conv_layers.py --impls auto,dnnl`` with and
-without ``JAXGAN_NATIVE=0``), and whole DCGAN/SNGAN steps go from 0.91-0.97x PyTorch to 1.05-1.34x (README).
+without ``JAXGAN_NATIVE=0``), and whole DCGAN/SNGAN steps go from 0.91-0.97x PyTorch to 1.06-1.36x (README).
 
 Why the XLA formulations: XLA:CPU lowers the weight gradient of a transposed convolution (and to a lesser degree the input
 gradient of a strided conv) to convolutions its Eigen path does not take; they run at 4-5 GFLOP/s
