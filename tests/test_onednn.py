@@ -83,6 +83,55 @@ def test_passes_match_xla(case):
   np.testing.assert_array_equal(onednn.conv_kernel_grad(x, g, s, pads, ws[:2]), dw)
 
 
+def _numpy_passes(x, w, g, s, pads):
+  """float64 reference: y = conv(x, w), its input gradient and kernel gradient with cotangent g, tap by tap."""
+  x, w, g = (np.asarray(a, np.float64) for a in (x, w, g))
+  xp = np.pad(x, ((0, 0), *pads, (0, 0)))
+  (kh, kw), (ho, wo) = w.shape[:2], g.shape[1:3]
+  window = lambda a, b: (slice(None), slice(a, a + s[0] * (ho - 1) + 1, s[0]), slice(b, b + s[1] * (wo - 1) + 1, s[1]))
+  y, dxp, dw = 0.0, np.zeros_like(xp), np.zeros_like(w)
+  for a in range(kh):
+    for b in range(kw):
+      y = y + xp[window(a, b)] @ w[a, b]
+      dxp[window(a, b)] += g @ w[a, b].T
+      dw[a, b] = np.einsum("nijc,nijo->co", xp[window(a, b)], g)
+  dx = dxp[:, pads[0][0]:pads[0][0] + x.shape[1], pads[1][0]:pads[1][0] + x.shape[2]]
+  return y, dx, dw
+
+
+@needs_onednn
+def test_random_geometries():
+  """20 random strides (1-3), kernels (1-5), paddings (0-6, also wider than the kernel) and sizes: all three
+  passes against a float64 NumPy reference, and the transposed conv (paddings 0 to kernel-1, the ones that map
+  onto a convolution's) against XLA's. (XLA:CPU itself returns garbage, ~1e26, for the input gradient of one
+  of these: x [1,5,4,12], kernel [4,1,12,3], stride 1, pads ((6,0),(5,3)).)"""
+  rng = np.random.default_rng(0)
+  checked = 0
+  while checked < 20:
+    k, s = tuple(int(v) for v in rng.integers(1, 6, 2)), tuple(int(v) for v in rng.integers(1, 4, 2))
+    pads = tuple((int(rng.integers(0, 7)), int(rng.integers(0, 7))) for _ in range(2))
+    hw = tuple(int(v) for v in rng.integers(1, 12, 2))
+    if any(hw[d] + sum(pads[d]) < k[d] for d in (0, 1)):
+      continue
+    n, c, o = (int(v) for v in rng.integers(1, 20, 3))
+    x = jnp.asarray(rng.normal(size=(n % 3 + 1, *hw, c)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(*k, c, o)), jnp.float32)
+    out = [(hw[d] + sum(pads[d]) - k[d]) // s[d] + 1 for d in (0, 1)]
+    g = jnp.asarray(rng.normal(size=(x.shape[0], *out, o)), jnp.float32)
+    y_ref, dx_ref, dw_ref = _numpy_passes(x, w, g, s, pads)
+    assert _rel(onednn.conv(x, w, s, pads), y_ref) < 1e-5
+    assert _rel(onednn.conv_input_grad(g, w, s, pads, hw), dx_ref) < 1e-5
+    assert _rel(onednn.conv_kernel_grad(x, g, s, pads, k), dw_ref) < 1e-5
+    # transposed: lax.conv_transpose pads (lo, hi) map onto the convolution's (k-1-lo, k-1-hi)
+    tpads = tuple((int(rng.integers(0, k[d])), int(rng.integers(0, k[d]))) for d in (0, 1))
+    out = [(hw[d] - 1) * s[d] + sum(tpads[d]) - k[d] + 2 for d in (0, 1)]
+    assert onednn.supported("convt", x, w, s, tpads) == (min(out) > 0)
+    assert not onednn.supported("convt", x, w, s, ((k[0], 0), (0, 0)))
+    if min(out) > 0:
+      assert _rel(onednn.convt(x, w, s, tpads), layers.convt_xla(x, w, s, tpads)) < 1e-5
+    checked += 1
+
+
 @needs_onednn
 @pytest.mark.parametrize("case", [0, 2])
 def test_higher_order_reverse_mode(case):

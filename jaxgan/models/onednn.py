@@ -46,11 +46,14 @@ def available() -> bool:
 
 def supported(kind: str, x, w, s, pads) -> bool:
   """Whether conv ("conv") or convt ("convt") of these float32 arrays can run here on oneDNN."""
-  if x.dtype != jnp.float32 or w.dtype != jnp.float32 or x.ndim != 4 or w.ndim != 4:
+  if x.dtype != jnp.float32 or w.dtype != jnp.float32 or x.ndim != 4 or w.ndim != 4 or 0 in x.shape + w.shape:
     return False
   if kind == "convt":
-    pads = _convt_as_conv(x.shape[1:3], w.shape[:2], s, pads)[0]
-  return min(p for lo_hi in pads for p in lo_hi) >= 0 and jax.default_backend() == "cpu" and available()
+    pads, out = _convt_as_conv(x.shape[1:3], w.shape[:2], s, pads)
+  else:
+    out = _out_hw(x.shape[1:3], w.shape[:2], s, pads)
+  return (min(p for lo_hi in pads for p in lo_hi) >= 0 and min(out) > 0 and jax.default_backend() == "cpu"
+          and available())
 
 
 def _call(target, shape, a, b, s, pads):
