@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 
 import jax
+from absl import logging
 import jax.numpy as jnp
 import numpy as np
 
@@ -38,6 +39,8 @@ def available() -> bool:
   """True when the oneDNN extension is built, loaded and registered with XLA:CPU."""
   lib = native.load("onednn_conv")
   if lib is None:
+    logging.warning("jaxgan: oneDNN convolutions unavailable (%s); using XLA's convolutions",
+                    native.why_unavailable("onednn_conv"))
     return False
   for symbol in _TARGETS.values():
     jax.ffi.register_ffi_target(f"jaxgan_{symbol}", jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
