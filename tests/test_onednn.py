@@ -88,7 +88,8 @@ def _numpy_passes(x, w, g, s, pads):
   x, w, g = (np.asarray(a, np.float64) for a in (x, w, g))
   xp = np.pad(x, ((0, 0), *pads, (0, 0)))
   (kh, kw), (ho, wo) = w.shape[:2], g.shape[1:3]
-  window = lambda a, b: (slice(None), slice(a, a + s[0] * (ho - 1) + 1, s[0]), slice(b, b + s[1] * (wo - 1) + 1, s[1]))
+  window = lambda a, b: (slice(None), slice(a, a + s[0] * (ho - 1) + 1, s[0]),
+                         slice(b, b + s[1] * (wo - 1) + 1, s[1]))
   y, dxp, dw = 0.0, np.zeros_like(xp), np.zeros_like(w)
   for a in range(kh):
     for b in range(kw):

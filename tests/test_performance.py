@@ -160,8 +160,8 @@ def test_torch_dcgan_computes_the_same_outputs(size, channels):
     logits = exp.discriminator.apply({"params": d_params, **state.d.model_state}, x, train=True,
                                      mutable=["batch_stats"])[0]
     with torch.no_grad():  # train mode: batch statistics, as in the step
-        t_fake = twin.g(torch.from_numpy(np.asarray(z))).permute(0, 2, 3, 1).numpy()
-        t_logits = twin.d(torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2).contiguous()).numpy()
+        t_fake = twin.g(torch.from_numpy(np.array(z))).permute(0, 2, 3, 1).numpy()
+        t_logits = twin.d(torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous()).numpy()
     np.testing.assert_allclose(t_fake, np.asarray(fake), atol=2e-5)
     np.testing.assert_allclose(t_logits, np.asarray(logits), rtol=1e-4, atol=2e-5)
 

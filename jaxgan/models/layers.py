@@ -28,8 +28,8 @@ Why oneDNN first on cpu: the same convolutions in oneDNN's kernels take 569 ms p
 below against 770 ms for the best XLA formulations (``benchmarks/conv_layers.py --impls auto,dnnl`` with and
 without ``JAXGAN_NATIVE=0``), and whole DCGAN/SNGAN steps go from 0.91-0.97x PyTorch to 1.06-1.36x (README).
 
-Why the XLA formulations: XLA:CPU lowers the weight gradient of a transposed convolution (and to a lesser degree the input
-gradient of a strided conv) to convolutions its Eigen path does not take; they run at 4-5 GFLOP/s
+Why the XLA formulations: XLA:CPU lowers the weight gradient of a transposed convolution (and to a lesser
+degree the input gradient of a strided conv) to convolutions its Eigen path does not take; they run at 4-5 GFLOP/s
 (see shared/notes/cpu-performance.md).
 
 Measurements (``python benchmarks/conv_layers.py --repeats 3``): DCGAN 64x64x3, batch 64, float32, on the

@@ -111,8 +111,7 @@ std::shared_ptr<Plan> GetPlan(Pass pass, const Geometry& g) {
   return plan;
 }
 
-ffi::Error Run(Pass pass, const Geometry& g, const std::shared_ptr<Plan>& plan, void* src, void* weights,
-               void* dst) {
+ffi::Error Run(Pass pass, const std::shared_ptr<Plan>& plan, void* src, void* weights, void* dst) {
   try {
     auto& eng = Engine();
     dnnl::stream stream(eng);
@@ -180,19 +179,19 @@ ffi::Error RunBatched(Pass pass, Operand xs, Operand ws, Operand ys, ffi::Span<c
     total *= batch[d];
   }
   Operand* ops[3] = {&xs, &ws, &ys};
+  std::vector<int64_t> index(lead);
   for (int64_t i = 0; i < total; ++i) {
+    for (int64_t d = lead - 1, rest = i; d >= 0; --d) {  // i -> row-major index over the batch dimensions
+      index[d] = rest % batch[d];
+      rest /= batch[d];
+    }
     char* ptr[3];
-    for (int k = 0; k < 3; ++k) {  // row-major offset over the operand's own leading dims (size 1 = broadcast)
-      int64_t offset = 0, rest = i;
-      std::vector<int64_t> index(lead);
-      for (int64_t d = lead - 1; d >= 0; --d) {
-        index[d] = rest % batch[d];
-        rest /= batch[d];
-      }
+    for (int k = 0; k < 3; ++k) {  // the operand's own offset (a dimension of size 1 broadcasts)
+      int64_t offset = 0;
       for (int64_t d = 0; d < lead; ++d) offset = offset * ops[k]->dims[d] + (ops[k]->dims[d] == 1 ? 0 : index[d]);
       ptr[k] = ops[k]->data + offset * ops[k]->ElementBytes();
     }
-    ffi::Error err = Run(pass, g, plan, ptr[0], ptr[1], ptr[2]);
+    ffi::Error err = Run(pass, plan, ptr[0], ptr[1], ptr[2]);
     if (err.failure()) return err;
   }
   return ffi::Error::Success();
