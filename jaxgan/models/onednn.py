@@ -23,13 +23,12 @@ from __future__ import annotations
 import functools
 
 import jax
-from absl import logging
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from jaxgan import native
 
-Pads = tuple[tuple[int, int], ...]
 _TARGETS = {"fwd": "JaxganOnednnConvFwd", "bwd_data": "JaxganOnednnConvBwdData",
             "bwd_weights": "JaxganOnednnConvBwdWeights"}
 

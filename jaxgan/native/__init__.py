@@ -54,7 +54,8 @@ def _build(name: str) -> pathlib.Path:
   source = _SOURCES / f"{name}.cc"
   cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}", f"-I{include}",
          str(source), f"-L{libdir}", "-ldnnl", f"-Wl,-rpath,{libdir}"]
-  key = hashlib.sha256("\0".join([source.read_text(), *cmd, version, jax.__version__]).encode()).hexdigest()[:16]
+  versions = [version, jax.__version__, importlib.metadata.version("jaxlib")]
+  key = hashlib.sha256("\0".join([source.read_text(), *cmd, *versions]).encode()).hexdigest()[:16]
   cache = pathlib.Path(os.environ.get("JAXGAN_NATIVE_CACHE", pathlib.Path.home() / ".cache/jaxgan/native"))
   target = cache / f"{name}-{key}.so"
   if target.exists():
