@@ -41,7 +41,8 @@ def _onednn_paths() -> tuple[pathlib.Path, pathlib.Path, str]:
   return include, pathlib.Path(lib.locate()).resolve().parent, importlib.metadata.version("onednn-cpu-gomp")
 
 
-def _build(name: str) -> pathlib.Path:
+def _toolchain() -> tuple[str, pathlib.Path, pathlib.Path, str]:
+  """(C++ compiler, oneDNN include dir, lib dir, version); LookupError saying what is missing (or opted out)."""
   if os.environ.get("JAXGAN_NATIVE", "1") == "0":
     raise LookupError("JAXGAN_NATIVE=0")
   if platform.system() != "Linux" or platform.machine() != "x86_64":
@@ -50,7 +51,11 @@ def _build(name: str) -> pathlib.Path:
   cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
   if cxx is None:
     raise LookupError("no C++ compiler (g++/c++ on PATH or $CXX)")
-  include, libdir, version = _onednn_paths()
+  return (cxx, *_onednn_paths())
+
+
+def _build(name: str) -> pathlib.Path:
+  cxx, include, libdir, version = _toolchain()
   source = _SOURCES / f"{name}.cc"
   cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}", f"-I{include}",
          str(source), f"-L{libdir}", "-ldnnl", f"-Wl,-rpath,{libdir}"]
