@@ -1,4 +1,6 @@
-"""jaxgan.models.layers: every implementation equals flax.linen.Conv / ConvTranspose (params, outputs, grads)."""
+"""jaxgan.models.layers: every implementation equals flax.linen.Conv / ConvTranspose (params, outputs, grads,
+forward mode, Hessian-vector products); --conv_impl and the Python default reach every layer."""
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -144,3 +146,132 @@ def test_auto_rule_and_second_order():
   for impl in ["gemm/phase/xla"] + (["dnnl"] if onednn.available() else []):
     for a, b in zip(jax.tree.leaves(penalty(Conv(**kw, implementation=impl))), jax.tree.leaves(penalty(ref))):
       assert _rel(a, b) < 1e-5
+
+
+# forward mode: oneDNN, plain XLA, and per-pass mixes (the XLA primitives; "auto-xla" is a mix too)
+JVP_IMPLS = {"conv": ["dnnl", "xla", "auto-xla", "gemm/phase/xla"], "convt": ["dnnl", "xla", "auto-xla",
+                                                                             "phase/gemm/corr"]}
+
+
+@pytest.mark.parametrize("kind", ["conv", "convt"])
+def test_forward_mode_matches_flax_and_central_differences(kind, monkeypatch):
+  """jax.jvp in params and input (y = conv(x, kernel) + bias is bilinear + linear, so the central difference
+  (f(p+t, x+dx) - f(p-t, x-dx))/2 is exactly the JVP) equals flax's and the central difference; vmap of jvp
+  over a few tangents (kernel batched, primal not) equals one jvp per tangent."""
+  kw, x_shape = (CONV_CASES if kind == "conv" else CONVT_CASES)[0]
+  ref = (nn.Conv if kind == "conv" else nn.ConvTranspose)(**kw)
+  x = jax.random.normal(jax.random.key(1), x_shape)
+  p = ref.init(jax.random.key(0), x)
+  keys = iter(jax.random.split(jax.random.key(5), 8))
+  t = jax.tree.map(lambda a: jax.random.normal(next(keys), a.shape), p)
+  dx = jax.random.normal(next(keys), x_shape)
+  ts = jax.tree.map(lambda a: jnp.stack([a, jnp.sin(a), -a]), t)
+  y_ref, ty_ref = jax.jit(lambda p, x: jax.jvp(ref.apply, (p, x), (t, dx)))(p, x)
+  batched_ref = jax.jit(lambda p, x: [jax.jvp(ref.apply, (p, x), (jax.tree.map(lambda a: a[i], ts), dx))[1]
+                                      for i in range(3)])(p, x)
+  for impl in JVP_IMPLS[kind]:
+    if impl == "dnnl" and not onednn.available():
+      continue
+    mine = _module(Conv if kind == "conv" else ConvTranspose, kw, impl, x_shape, monkeypatch)
+
+    @jax.jit
+    def f(p, x):
+      y, ty = jax.jvp(mine.apply, (p, x), (t, dx))
+      plus, minus = mine.apply(jax.tree.map(jnp.add, p, t), x + dx), mine.apply(jax.tree.map(jnp.subtract, p, t),
+                                                                               x - dx)
+      return y, ty, (plus - minus) / 2, jax.vmap(lambda t: jax.jvp(mine.apply, (p, x), (t, dx))[1])(ts)
+
+    y, ty, central, batched = f(p, x)
+    assert _rel(y, y_ref) < 1e-5 and _rel(ty, ty_ref) < 1e-5, impl
+    assert _rel(ty, central) < 1e-5, impl
+    for i in range(3):
+      assert _rel(batched[i], batched_ref[i]) < 1e-5, impl
+
+
+class _Net(nn.Module):
+  """Strided Conv, tanh, strided ConvTranspose (both with `impls`), loss-ready output."""
+  impls: tuple[str, str]
+
+  @nn.compact
+  def __call__(self, x):
+    h = jnp.tanh(Conv(5, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), implementation=self.impls[0])(x))
+    return ConvTranspose(3, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), implementation=self.impls[1])(h)
+
+
+def test_hessian_vector_products_match_xla():
+  """The HVP of a loss in (params, input), forward-over-reverse and reverse-over-forward, through per-pass mixes
+  (the XLA primitives; oneDNN's: test_onednn), equals the forward-over-reverse HVP with plain XLA convolutions."""
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+  p = _Net(("xla", "xla")).init(jax.random.key(0), x)
+  v = jax.tree.map(lambda a: jax.random.normal(jax.random.key(a.size + 3), a.shape), (p, x))
+  hvps = {}
+  for impls in [("xla", "xla"), ("xla/phase/gemm", "phase/gemm/corr")]:
+    loss = lambda p, x, net=_Net(impls): jnp.sum(jnp.sin(net.apply(p, x)))
+    hvps[impls] = jax.jit(lambda p, x, loss=loss: (  # forward-over-reverse, reverse-over-forward
+        jax.jvp(jax.grad(loss, (0, 1)), (p, x), v)[1],
+        jax.grad(lambda p, x: jax.jvp(loss, (p, x), v)[1], (0, 1))(p, x)))(p, x)
+  ref = jax.tree.leaves(hvps[("xla", "xla")][0])
+  for impls, (fwd_rev, rev_fwd) in hvps.items():
+    for a, b, c in zip(jax.tree.leaves(fwd_rev), jax.tree.leaves(rev_fwd), ref):
+      assert _rel(a, c) < 1e-4 and _rel(b, c) < 1e-4, impls
+
+
+def _has_onednn(fn, *args):
+  """Whether the lowered program of fn(*args) calls a oneDNN kernel; it must convolve either way."""
+  text = jax.jit(fn).lower(*args).as_text()
+  assert "JaxganOnednnConv" in text or "stablehlo.convolution" in text
+  return "JaxganOnednnConv" in text
+
+
+@pytest.mark.parametrize("model", ["dcgan", "sngan"])
+def test_conv_impl_flag_reaches_every_convolution(model):
+  """--conv_impl=xla gives G and D programs with no oneDNN call, dnnl (and auto, where oneDNN is here) ones
+  with them; Config(conv_impl=...) is validated like the flag."""
+  from jaxgan import experiment, models
+  base = experiment.Config(dataset="digits", model=model, image_size=32, channels=1, width=4, batch_size=4)
+  for impl in ["xla", "auto", "dnnl"]:
+    config = dataclasses.replace(base, conv_impl=impl)
+    if impl == "dnnl" and not onednn.available():
+      with pytest.raises(experiment.ConfigError, match="--conv_impl=dnnl needs the cpu backend"):
+        experiment.validate(config)
+      continue
+    experiment.validate(config)
+    g, d = models.build_models(config, (32, 32, 1), 0)
+    z, x = jnp.ones((2, g.latent_dim)), jnp.ones((2, 32, 32, 1))
+    for net, inputs in [(g, z), (d, x)]:
+      uses = _has_onednn(lambda a, net=net: net.init_with_output(jax.random.key(0), a, train=False)[0], inputs)
+      assert uses == (impl != "xla" and onednn.available()), (impl, type(net).__name__)
+
+
+def test_conv_impl_errors_and_python_default(monkeypatch):
+  """Bad --conv_impl values are one-line ConfigErrors naming the flag and what is accepted; from Python,
+  set_default_implementation / use_implementation pick the implementation of layers left at None, and a
+  layer's own field wins."""
+  from jaxgan import experiment
+  base = experiment.Config(dataset="digits", model="dcgan", image_size=32, channels=1, width=4, batch_size=4)
+  bad = [(dict(conv_impl="fast"), r"^--conv_impl='fast' is not one of auto, xla, dnnl$"),
+         (dict(conv_impl="dnnl", compute_dtype="bfloat16"), r"^--conv_impl=dnnl runs float32 convolutions only"),
+         (dict(dataset="ring8", model="mlp", conv_impl="xla"),
+          r"^--conv_impl=xla has no effect")]
+  monkeypatch.setattr(onednn, "available", lambda: False)
+  bad.append((dict(conv_impl="dnnl"), r"^--conv_impl=dnnl needs the cpu backend and jaxgan's oneDNN extension"))
+  for fields, message in bad:
+    with pytest.raises(experiment.ConfigError, match=message) as error:
+      experiment.validate(dataclasses.replace(base, **fields))
+    assert "\n" not in str(error.value)
+  monkeypatch.undo()
+  with pytest.raises(ValueError, match="set_default_implementation='fast'; accepted: 'auto', 'xla', 'dnnl'"):
+    layers.set_default_implementation("fast")
+  monkeypatch.setattr(layers, "_default", "auto")  # restored after the test
+  x = jnp.ones((2, 8, 8, 3))
+  init = lambda layer: lambda x: layer.init_with_output(jax.random.key(0), x)[0]
+  layer = Conv(4, (4, 4), strides=2)
+  layers.set_default_implementation("xla")
+  assert layers.default_implementation() == "xla" and not _has_onednn(init(layer), x)
+  if onednn.available():
+    with layers.use_implementation("dnnl"):
+      assert _has_onednn(init(layer), x)
+      with layers.use_implementation("xla"):
+        assert not _has_onednn(init(layer), x) and _has_onednn(init(Conv(4, (4, 4), implementation="dnnl")), x)
+      assert layers.default_implementation() == "dnnl"
+  assert layers.default_implementation() == "xla"

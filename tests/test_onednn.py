@@ -1,5 +1,5 @@
-"""jaxgan.models.onednn / jaxgan.native: oneDNN convolutions equal XLA's, to any order of reverse mode and
-under vmap; the extension builds wherever a compiler and the oneDNN wheels are present."""
+"""jaxgan.models.onednn / jaxgan.native: oneDNN convolutions equal XLA's, in forward and reverse mode to any
+order and under vmap; the extension builds wherever a compiler and the oneDNN wheels are present."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -187,3 +187,70 @@ def test_layers_use_onednn_where_supported():
   negative = layers.ConvTranspose(4, (3, 3), strides=(2, 2), padding=((0, 1), (3, -1)), implementation="dnnl")
   with pytest.raises(ValueError, match="non-negative paddings"):  # a crop: oneDNN cannot, XLA can ("auto")
     negative.init(jax.random.key(0), jnp.ones((1, 4, 5, 3)))
+
+
+@needs_onednn
+def test_forward_mode_matches_central_differences_and_xla():
+  """jax.jvp of each pass at once (they are bilinear, so the central difference (f(a+da, b+db) - f(a-da, b-db))/2
+  is exactly the JVP) against float64 NumPy, and the conv's against jax.jvp of XLA's convolution."""
+  xs, ws, s, pads = GEOMETRIES[2]
+  keys = jax.random.split(jax.random.key(3), 6)
+  x, dx = jax.random.normal(keys[0], xs), jax.random.normal(keys[1], xs)
+  w, dw = jax.random.normal(keys[2], ws), jax.random.normal(keys[3], ws)
+  y_shape = _xla(x, w, s, pads).shape
+  g, dg = jax.random.normal(keys[4], y_shape), jax.random.normal(keys[5], y_shape)
+
+  @jax.jit
+  def tangents(x, w, g, dx, dw, dg):
+    conv = jax.jvp(lambda x, w: onednn.conv(x, w, s, pads), (x, w), (dx, dw))[1]
+    dgrad = jax.jvp(lambda g, w: onednn.conv_input_grad(g, w, s, pads, xs[1:3]), (g, w), (dg, dw))[1]
+    wgrad = jax.jvp(lambda x, g: onednn.conv_kernel_grad(x, g, s, pads, ws[:2]), (x, g), (dx, dg))[1]
+    return conv, dgrad, wgrad, jax.jvp(lambda x, w: _xla(x, w, s, pads), (x, w), (dx, dw))[1]
+
+  conv, dgrad, wgrad, conv_xla = tangents(x, w, g, dx, dw, dg)
+  plus, minus = (_numpy_passes(x + e * dx, w + e * dw, g + e * dg, s, pads) for e in (1.0, -1.0))
+  for mine, p, m in zip((conv, dgrad, wgrad), plus, minus):
+    assert _rel(mine, (p - m) / 2) < 1e-5
+  assert _rel(conv, conv_xla) < 1e-5
+
+
+def _net(conv, convt):
+  """A small G/D-like net: strided conv, tanh, strided transposed conv, loss sum(sin)."""
+  def loss(x, w1, w2):
+    h = jnp.tanh(conv(x, w1, (2, 2), ((1, 1), (1, 1))))
+    return jnp.sum(jnp.sin(convt(h, w2, (2, 2), ((2, 2), (2, 2)))))
+  return loss
+
+
+@needs_onednn
+def test_hessian_vector_products_both_ways():
+  """Forward-over-reverse (jvp of grad) and reverse-over-forward (grad of the directional derivative) HVPs
+  through oneDNN convolutions equal each other and XLA's forward-over-reverse; vmap of jvp (a few directions
+  at once) equals one jvp per direction."""
+  keys = jax.random.split(jax.random.key(4), 6)
+  primals = (jax.random.normal(keys[0], (2, 8, 8, 3)), jax.random.normal(keys[1], (4, 4, 3, 5)) / 4,
+             jax.random.normal(keys[2], (4, 4, 5, 2)) / 4)
+  v = tuple(jax.random.normal(k, p.shape) for k, p in zip(keys[3:], primals))
+  mine, ref = _net(onednn.conv, onednn.convt), _net(_xla, layers.convt_xla)
+  fwd_rev = lambda f: jax.jvp(jax.grad(f, (0, 1, 2)), primals, v)[1]
+  rev_fwd = lambda f: jax.grad(lambda *p: jax.jvp(f, p, v)[1], (0, 1, 2))(*primals)
+  hvps = jax.jit(lambda: (fwd_rev(mine), rev_fwd(mine), fwd_rev(ref)))()
+  for a, b, c in zip(*hvps):
+    assert _rel(a, c) < 1e-4 and _rel(b, c) < 1e-4
+  directions = jax.tree.map(lambda a: jnp.stack([a, -2 * a, jnp.cos(a)]), v)
+  batched = jax.jit(jax.vmap(lambda d: jax.jvp(mine, primals, d)[1]))(directions)
+  one_by_one = [jax.jvp(ref, primals, jax.tree.map(lambda a: a[i], directions))[1] for i in range(3)]
+  assert _rel(batched, jnp.stack(one_by_one)) < 1e-5
+
+
+@needs_onednn
+def test_derivative_programs_call_the_three_kernels():
+  """A gradient runs the forward once, then one input- and one weight-gradient kernel, and no XLA convolution;
+  a Hessian-vector product only these kernels too."""
+  x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((4, 4, 3, 5))
+  loss = lambda x, w: jnp.sum(jnp.tanh(onednn.conv(x, w, (2, 2), ((1, 1), (1, 1)))))
+  grad = jax.jit(jax.grad(loss, (0, 1))).lower(x, w).as_text()
+  for name, count in [("Fwd", 1), ("BwdData", 1), ("BwdWeights", 1)]:
+    assert grad.count(f"@jaxgan_JaxganOnednnConv{name}(") == count, name
+  hvp = jax.jit(lambda x, w: jax.jvp(jax.grad(loss, (0, 1)), (x, w), (x, w))[1]).lower(x, w).as_text()
+  assert "convolution" not in grad + hvp and "JaxganOnednnConvBwdWeights" in hvp

@@ -61,31 +61,39 @@ def build_models(config, data_shape: tuple[int, ...], num_classes: int, *, axis_
     """The generator and discriminator named by ``config.model``. ``axis_name``: cross-replica BatchNorm."""
     name = config.model
     latent_dim = config.latent_dim or _DEFAULT_LATENT[name]
-    width = config.width or _DEFAULT_WIDTH[name]
+    g_width, d_width = model_widths(config)
     if name == "mlp":
         from jaxgan.models.mlp import MLPDiscriminator, MLPGenerator
-        hidden = (width,) * config.depth
-        return (MLPGenerator(latent_dim=latent_dim, output_dim=data_shape[-1], hidden=hidden, num_classes=num_classes),
-                MLPDiscriminator(hidden=hidden, num_classes=num_classes))
+        return (MLPGenerator(latent_dim=latent_dim, output_dim=data_shape[-1], hidden=(g_width,) * config.depth,
+                             num_classes=num_classes),
+                MLPDiscriminator(hidden=(d_width,) * config.depth, num_classes=num_classes))
     size, channels = data_shape[0], data_shape[-1]
     import jax.numpy as jnp
     dtype = jnp.dtype(getattr(config, "compute_dtype", "float32") or "float32")  # params stay float32
+    conv_impl = getattr(config, "conv_impl", "auto")  # every convolution's implementation (jaxgan.models.layers)
     if name == "dcgan":
         from jaxgan.models.dcgan import DCGANDiscriminator, DCGANGenerator
         return (DCGANGenerator(latent_dim=latent_dim, image_size=size, channels=channels, num_classes=num_classes,
-                               ngf=width, bn_axis_name=axis_name, dtype=dtype),
-                DCGANDiscriminator(image_size=size, channels=channels, num_classes=num_classes, ndf=width,
+                               ngf=g_width, bn_axis_name=axis_name, dtype=dtype, conv_impl=conv_impl),
+                DCGANDiscriminator(image_size=size, channels=channels, num_classes=num_classes, ndf=d_width,
                                    normalization=config.d_normalization or "batch_norm", bn_axis_name=axis_name,
-                                   dtype=dtype))
+                                   dtype=dtype, conv_impl=conv_impl))
     from jaxgan.models import resnet
     attention = None
     if name == "sagan":
         attention = config.attention_resolution or max(r for r in attention_resolutions(size) if r <= 32)
     return (resnet.ResNetGenerator(latent_dim=latent_dim, image_size=size, channels=channels,
-                                   num_classes=num_classes, ch=width, attention_resolution=attention,
-                                   spectral_norm=name == "sagan", bn_axis_name=axis_name, dtype=dtype),
-            resnet.ResNetDiscriminator(image_size=size, channels=channels, num_classes=num_classes, ch=width,
-                                       attention_resolution=attention, dtype=dtype))
+                                   num_classes=num_classes, ch=g_width, attention_resolution=attention,
+                                   spectral_norm=name == "sagan", bn_axis_name=axis_name, dtype=dtype,
+                                   conv_impl=conv_impl),
+            resnet.ResNetDiscriminator(image_size=size, channels=channels, num_classes=num_classes, ch=d_width,
+                                       attention_resolution=attention, dtype=dtype, conv_impl=conv_impl))
+
+
+def model_widths(config) -> tuple[int, int]:
+    """(G width, D width): ``--g_width``/``--d_width``, else ``--width``, else the model's default."""
+    width = config.width or _DEFAULT_WIDTH[config.model]
+    return config.g_width or width, config.d_width or width
 
 
 def discriminator_uses_batch_norm(discriminator: Any) -> bool:

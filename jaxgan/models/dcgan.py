@@ -71,6 +71,8 @@ class DCGANGenerator(nn.Module):
       bn_axis_name: passed to BatchNorm's ``axis_name`` (the data-parallel axis inside shard_map).
       dtype: compute dtype of the convolutions and activations (e.g. ``jnp.bfloat16``); parameters stay
         float32, BatchNorm statistics are reduced in float32 and the output images are float32.
+      conv_impl: "auto", "xla" or "dnnl" for every convolution (``--conv_impl``; see
+        `jaxgan.models.layers`); None: `layers.default_implementation()`.
     """
 
     latent_dim: int = 100
@@ -80,8 +82,10 @@ class DCGANGenerator(nn.Module):
     ngf: int = 64
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
+    conv_impl: str | None = None
 
     @nn.compact
+    @layers.with_conv_impl
     def __call__(self, z, labels=None, *, train: bool):
         base, n = _schedule(self.image_size)
         if z.ndim != 2 or z.shape[-1] != self.latent_dim:
@@ -124,6 +128,8 @@ class DCGANDiscriminator(nn.Module):
         penalties: BatchNorm mixes examples, so per-example input gradients are wrong.
       bn_axis_name: BatchNorm ``axis_name`` (data-parallel axis inside shard_map).
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32, logits are float32.
+      conv_impl: "auto", "xla" or "dnnl" for every convolution (``--conv_impl``; see
+        `jaxgan.models.layers`); None: `layers.default_implementation()`.
     """
 
     image_size: int = 64
@@ -133,8 +139,10 @@ class DCGANDiscriminator(nn.Module):
     normalization: str = "batch_norm"
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
+    conv_impl: str | None = None
 
     @nn.compact
+    @layers.with_conv_impl
     def __call__(self, x, labels=None, *, train: bool):
         base, n = _schedule(self.image_size)
         if self.normalization not in NORMALIZATIONS:

@@ -2,15 +2,18 @@
 
 Same parameters as ``flax.linen.Conv`` / ``flax.linen.ConvTranspose`` (``kernel`` [kh, kw, in, out], optional
 ``bias``, same initialisers and shapes), same outputs and gradients (to float32 rounding). Only *how* the
-convolution is computed differs, chosen by the field ``implementation``:
+convolution is computed differs, chosen by the field ``implementation`` (None, the default: the process-wide
+or model-wide choice "auto", "xla" or "dnnl" of `set_default_implementation` / `use_implementation` / a model's
+``conv_impl`` field, i.e. ``--conv_impl``; "auto" unless set):
 
 * ``"xla"``   -- plain ``lax.conv_general_dilated`` (exactly what flax does).
 * ``"phase"`` -- stride-s conv as space-to-depth + one stride-1 conv; stride-s transposed conv as s*s
   sub-pixel ("phase") stride-1 convs + depth-to-space. Gradients by autodiff (stride-1 convs only).
 * ``"gemm"``  -- im2col + one ``dot_general`` (conv), or one ``dot_general`` + col2im, its exact adjoint
   (transposed conv). Gradients by autodiff (GEMMs + pads/slices).
-* ``"F/D/W"`` -- e.g. ``"xla/phase/gemm"``: a ``jax.custom_vjp`` that computes the forward with F, the
-  input gradient (dgrad) with the linear transpose of D and the weight gradient (wgrad) with that of W.
+* ``"F/D/W"`` -- e.g. ``"xla/phase/gemm"``: the forward computed with F, the input gradient (dgrad) with the
+  linear transpose of D and the weight gradient (wgrad) with that of W (three bilinear primitives,
+  `jaxgan.models.conv_passes`).
 * ``"dnnl"``  -- oneDNN's convolution kernels through XLA FFI custom calls (``jaxgan.models.onednn``,
   ``jaxgan/native``): cpu, float32, non-negative paddings; raises where it cannot run. Not mixed with the others.
 * ``"auto"``  -- on cpu ``"dnnl"`` wherever it can run (float32, extension built), else the per-pass rule
@@ -20,9 +23,10 @@ convolution is computed differs, chosen by the field ``implementation``:
 
 Fast paths cover 2-D NHWC convolutions with ``feature_group_count=1`` and no input/kernel dilation (any
 stride, kernel size and padding); anything else silently uses ``"xla"`` (correct, maybe slow).
-Caveat: the ``custom_vjp`` ("dnnl", and "F/D/W" with mixed names, so "auto" on cpu and for strided transposed
-convs on gpu/tpu) supports reverse mode, also reverse-over-reverse (gradient penalties), but not forward mode
-(``jax.jvp``); use a single name there.
+Every implementation is differentiable in forward and reverse mode to any order (``jax.jvp``, ``jax.grad``,
+Hessian-vector products, gradient penalties) and under ``jax.vmap``: "dnnl" and "F/D/W" are primitives whose
+derivatives are their other passes (`jaxgan.models.conv_passes`), so the forward, input- and weight-gradient
+formulations chosen here are the ones every derivative program runs.
 
 Why oneDNN first on cpu: the same convolutions in oneDNN's kernels take 569 ms per DCGAN 64x64x3 set of passes
 below against 770 ms for the best XLA formulations (``benchmarks/conv_layers.py --impls auto,dnnl`` with and
@@ -30,7 +34,7 @@ without ``JAXGAN_NATIVE=0``), and whole DCGAN/SNGAN steps go from 0.91-0.97x PyT
 
 Why the XLA formulations: XLA:CPU lowers the weight gradient of a transposed convolution (and to a lesser
 degree the input gradient of a strided conv) to convolutions its Eigen path does not take; they run at 4-5 GFLOP/s
-(see shared/notes/cpu-performance.md).
+(see docs/performance.md).
 
 Measurements (``python benchmarks/conv_layers.py --repeats 3``): DCGAN 64x64x3, batch 64, float32, on the
 project's idle 2-core Zen 5 VM, with jaxgan's XLA:CPU defaults (convolutions on XLA's Eigen path, not YNNPACK;
@@ -93,6 +97,8 @@ convs ran 1.6-3x slower again; hence jaxgan/xla_flags.py.)
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from typing import Any, Sequence
 
@@ -104,7 +110,7 @@ from flax.linen.dtypes import promote_dtype
 from jax import lax
 
 from jaxgan import native as native_ext
-from jaxgan.models import onednn
+from jaxgan.models import conv_passes, onednn
 
 _DN = ("NHWC", "HWIO", "NHWC")
 Pads = tuple[tuple[int, int], ...]
@@ -232,36 +238,46 @@ def convt_wgrad_corr(x, g, w_shape, s, pads, precision=None):
 
 _FORMS = {"conv": {"xla": conv_xla, "phase": conv_phase, "gemm": conv_gemm},
           "convt": {"xla": convt_xla, "phase": convt_phase, "gemm": convt_gemm}}
-# oneDNN: all three passes as FFI custom calls with their own (nestable) VJPs; not mixed with the others.
+# oneDNN: all three passes as FFI custom calls, primitives differentiable to any order; not mixed with the others.
 _NATIVE = {"conv": lambda x, w, s, pads, precision=None: onednn.conv(x, w, tuple(s), pads),
            "convt": lambda x, w, s, pads, precision=None: onednn.convt(x, w, tuple(s), pads)}
 _EXTRA_WGRAD = {"convt": {"corr": convt_wgrad_corr}}
 
 
-def _mixed(kind, fwd, dgrad, wgrad, s, pads, precision):
-  """custom_vjp: forward by `fwd`, input/weight gradients by the linear transposes of `dgrad`/`wgrad`
-  (or by a dedicated weight-gradient function, see _EXTRA_WGRAD)."""
-  f, fd = (functools.partial(_FORMS[kind][n], s=s, pads=pads, precision=precision) for n in (fwd, dgrad))
+def _xla_fwd(x, w, *, geom, variant):
+  fwd, _, _, precision = variant
+  return _FORMS[geom.kind][fwd](x, w, geom.strides, geom.pads, precision)
 
-  @jax.custom_vjp
-  def op(x, w):
-    return f(x, w)
 
-  def op_fwd(x, w):
-    return f(x, w), (x, w)
+def _xla_dgrad(g, w, *, geom, variant):
+  """The linear transpose of the input -> output map of formulation D (x [N, *geom.x_hw, C])."""
+  _, dgrad, _, precision = variant
+  x = jax.ShapeDtypeStruct((g.shape[0], *geom.x_hw, w.shape[2]), g.dtype)
+  (dx,) = jax.linear_transpose(lambda x_: _FORMS[geom.kind][dgrad](x_, w, geom.strides, geom.pads, precision),
+                               x)(g)
+  return dx
 
-  def op_bwd(res, g):
-    x, w = res
-    (dx,) = jax.linear_transpose(lambda x_: fd(x_, w), x)(g)
-    if wgrad in _EXTRA_WGRAD.get(kind, {}):
-      dw = _EXTRA_WGRAD[kind][wgrad](x, g, w.shape, s, pads, precision)
-    else:
-      fw = functools.partial(_FORMS[kind][wgrad], s=s, pads=pads, precision=precision)
-      (dw,) = jax.linear_transpose(lambda w_: fw(x, w_), w)(g)
-    return dx, dw
 
-  op.defvjp(op_fwd, op_bwd)
-  return op
+def _xla_wgrad(x, g, *, geom, variant):
+  """The linear transpose of the kernel -> output map of formulation W, or a dedicated one (_EXTRA_WGRAD)."""
+  _, _, wgrad, precision = variant
+  w_shape = (*geom.k_hw, x.shape[3], g.shape[3])
+  if wgrad in _EXTRA_WGRAD.get(geom.kind, {}):
+    return _EXTRA_WGRAD[geom.kind][wgrad](x, g, w_shape, geom.strides, geom.pads, precision)
+  (dw,) = jax.linear_transpose(lambda w_: _FORMS[geom.kind][wgrad](x, w_, geom.strides, geom.pads, precision),
+                               jax.ShapeDtypeStruct(w_shape, x.dtype))(g)
+  return dw
+
+
+# Mixed per-pass formulations ("F/D/W") as bilinear primitives: forward by F, input/weight gradients by the
+# linear transposes of D/W; jvp/transposes/vmap rules from conv_passes (forward and reverse mode, any order).
+_XLA_PASSES = conv_passes.Passes("jaxgan_conv", impls={"fwd": _xla_fwd, "dgrad": _xla_dgrad, "wgrad": _xla_wgrad})
+
+
+def _mixed(kind, fwd, dgrad, wgrad, x, w, s, pads, precision):
+  """y of `kind` with the forward by `fwd` and input/weight gradients by `dgrad`/`wgrad` (any derivative)."""
+  geom = conv_passes.Geometry.of(kind, x.shape, w.shape, s, pads)
+  return _XLA_PASSES.fwd(x, w, geom, (fwd, dgrad, wgrad, precision))
 
 
 def _auto_accelerator(kind, s):
@@ -318,7 +334,60 @@ def _apply(kind, impl, x, w, s, pads, precision):
     return _NATIVE[kind](x, w, s, pads)
   if fwd == dgrad == wgrad:
     return _FORMS[kind][fwd](x, w, s, pads, precision)
-  return _mixed(kind, fwd, dgrad, wgrad, s, pads, precision)(x, w)
+  return _mixed(kind, fwd, dgrad, wgrad, x, w, s, pads, precision)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The default implementation (layers whose ``implementation`` is None, the default)
+# --------------------------------------------------------------------------------------------------------
+IMPLEMENTATIONS = ("auto", "xla", "dnnl")
+_default = "auto"
+_scoped: contextvars.ContextVar[str | None] = contextvars.ContextVar("jaxgan_conv_impl", default=None)
+
+
+def _check_choice(impl, where):
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"{where}={impl!r}; accepted: {', '.join(map(repr, IMPLEMENTATIONS))}")
+
+
+def set_default_implementation(impl: str) -> None:
+  """Process-wide implementation of the layers whose ``implementation`` is None, outside `use_implementation`
+  blocks and models with a ``conv_impl``: "auto" (initially), "xla" or "dnnl". Read when a layer is traced;
+  programs already traced (``jax.jit`` caches) keep the one they had."""
+  global _default
+  _check_choice(impl, "set_default_implementation")
+  _default = impl
+
+
+def default_implementation() -> str:
+  """What a layer with ``implementation=None`` uses here: the innermost `use_implementation` block's, else
+  `set_default_implementation`'s."""
+  return _scoped.get() or _default
+
+
+@contextlib.contextmanager
+def use_implementation(impl: str | None):
+  """Layers with ``implementation=None`` traced inside the block use `impl` ("auto", "xla", "dnnl"; None: no
+  change). The models' ``conv_impl`` field (``--conv_impl``) applies this to their layers."""
+  if impl is None:
+    yield
+    return
+  _check_choice(impl, "conv_impl")
+  token = _scoped.set(impl)
+  try:
+    yield
+  finally:
+    _scoped.reset(token)
+
+
+def with_conv_impl(method):
+  """Decorator of a model's ``__call__`` (below ``nn.compact``): runs it in ``use_implementation(self.conv_impl)``,
+  so every layer inside (submodules included) defaults to the model's ``conv_impl``."""
+  @functools.wraps(method)
+  def wrapper(self, *args, **kwargs):
+    with use_implementation(self.conv_impl):
+      return method(self, *args, **kwargs)
+  return wrapper
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -358,7 +427,7 @@ class Conv(nn.Module):
   precision: Any = None
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros_init()
-  implementation: str = "auto"
+  implementation: str | None = None  # None: default_implementation()
 
   @nn.compact
   def __call__(self, inputs):
@@ -377,7 +446,8 @@ class Conv(nn.Module):
     fast = nd == 2 and self.feature_group_count == 1 and set(in_dil + k_dil) == {1}
     if fast:
       pads = lax.padtype_to_pads(x.shape[1:3], ks, strides, pad) if isinstance(pad, str) else pad
-      y = _apply("conv", self.implementation, x, kernel, strides, tuple(map(tuple, pads)), self.precision)
+      y = _apply("conv", self.implementation or default_implementation(), x, kernel, strides,
+                 tuple(map(tuple, pads)), self.precision)
     else:
       dn = lax.conv_dimension_numbers(x.shape, kernel.shape, _dn(nd))
       y = lax.conv_general_dilated(x, kernel, strides, pad, lhs_dilation=in_dil, rhs_dilation=k_dil,
@@ -417,7 +487,7 @@ class ConvTranspose(nn.Module):
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros_init()
   transpose_kernel: bool = False
-  implementation: str = "auto"
+  implementation: str | None = None  # None: default_implementation()
 
   @nn.compact
   def __call__(self, inputs):
@@ -438,7 +508,8 @@ class ConvTranspose(nn.Module):
         kernel = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
       pads = (tuple(_convt_pads(k, s, pad) for k, s in zip(ks, strides)) if isinstance(pad, str)
               else tuple(map(tuple, pad)))
-      y = _apply("convt", self.implementation, x, kernel, strides, pads, self.precision)
+      y = _apply("convt", self.implementation or default_implementation(), x, kernel, strides, pads,
+                 self.precision)
     else:
       y = lax.conv_transpose(x, kernel, strides, pad, rhs_dilation=k_dil, dimension_numbers=_dn(nd),
                              transpose_kernel=self.transpose_kernel, precision=self.precision)
@@ -447,5 +518,6 @@ class ConvTranspose(nn.Module):
     return y.reshape(batch + y.shape[1:])
 
 
-__all__ = ["Conv", "ConvTranspose", "conv_xla", "conv_phase", "conv_gemm", "convt_xla", "convt_phase",
+__all__ = ["Conv", "ConvTranspose", "IMPLEMENTATIONS", "set_default_implementation", "default_implementation",
+           "use_implementation", "with_conv_impl", "conv_xla", "conv_phase", "conv_gemm", "convt_xla", "convt_phase",
            "convt_gemm"]

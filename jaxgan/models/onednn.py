@@ -1,22 +1,25 @@
-"""oneDNN convolutions on XLA:CPU (FFI custom calls), with their gradients to any order.
+"""oneDNN convolutions on XLA:CPU (FFI custom calls), differentiable in forward and reverse mode to any order.
 
 XLA:CPU computes convolutions with Eigen kernels that run 1.5-3x slower than oneDNN's on the strided
-convolutions of DCGAN-style networks (shared/notes/cpu-performance.md). jaxgan ships a small XLA FFI
-extension (``jaxgan/native/onednn_conv.cc``, compiled on first use by ``jaxgan.native``) that runs the
-three passes of a strided, padded 2-D convolution on oneDNN:
+convolutions of DCGAN-style networks (see docs/performance.md). jaxgan ships a small XLA FFI extension
+(``jaxgan/native/onednn_conv.cc``, compiled on first use by ``jaxgan.native``) that runs the three passes of a
+strided, padded 2-D convolution on oneDNN:
 
     conv(x, w)               y = C_w x           x [N,H,W,C], w [kh,kw,C,O] -> y [N,Ho,Wo,O]
     conv_input_grad(g, w)    C_w^T g             g [N,Ho,Wo,O]             -> [N,H,W,C]
     conv_kernel_grad(x, g)   d<g, C_w x>/dw      x, g                      -> [kh,kw,C,O]
 
-with ``C_w`` = ``lax.conv_general_dilated(., w, strides, pads)`` (NHWC/HWIO). The three are bilinear and
-each one's vector-Jacobian product is made of the others, so reverse mode nests to any order (gradient
-penalties differentiate through them). A transposed convolution is ``conv_input_grad`` of a convolution with
-the kernel flipped and its in/out channels swapped (``convt``).
+with ``C_w`` = ``lax.conv_general_dilated(., w, strides, pads)`` (NHWC/HWIO). The three are bilinear and each
+one's transposes are the others, so they are JAX primitives with ``defbilinear`` rules
+(`jaxgan.models.conv_passes`), like ``lax.conv_general_dilated``: ``jax.jvp``, ``jax.grad``, Hessian-vector
+products and gradient penalties nest to any order, and every derivative program calls these three custom
+calls and no other convolution. A transposed convolution is ``conv_input_grad`` of a convolution with the
+kernel flipped and its in/out channels swapped (``convt``).
 
 Only float32 on the cpu backend, non-negative paddings (``supported``); ``available()`` says whether the
 extension could be built and loaded. Under ``jax.vmap`` the custom calls get leading batch dimensions
-(``vmap_method="expand_dims"``) and run one convolution per batch element, each on all cores.
+(``jax.ffi.ffi_call``'s ``vmap_method="expand_dims"`` semantics) and run one convolution per batch element,
+each on all cores.
 """
 from __future__ import annotations
 
@@ -28,9 +31,10 @@ import numpy as np
 from absl import logging
 
 from jaxgan import native
+from jaxgan.models import conv_passes
 
-_TARGETS = {"fwd": "JaxganOnednnConvFwd", "bwd_data": "JaxganOnednnConvBwdData",
-            "bwd_weights": "JaxganOnednnConvBwdWeights"}
+_TARGETS = {"fwd": "JaxganOnednnConvFwd", "dgrad": "JaxganOnednnConvBwdData",
+            "wgrad": "JaxganOnednnConvBwdWeights"}
 
 
 @functools.cache
@@ -58,71 +62,50 @@ def supported(kind: str, x, w, s, pads) -> bool:
           and available())
 
 
-def _call(target, shape, a, b, s, pads):
+def _check():
   if not available():
     raise RuntimeError("the oneDNN extension is not available: " + native.why_unavailable("onednn_conv"))
-  attrs = dict(strides=np.asarray(s, np.int64), padding=np.asarray([p for lo_hi in pads for p in lo_hi], np.int64))
-  return jax.ffi.ffi_call(f"jaxgan_{_TARGETS[target]}", jax.ShapeDtypeStruct(shape, jnp.float32),
-                          vmap_method="expand_dims")(a, b, **attrs)
+
+
+def _lowering(pass_):
+  """The FFI custom call of a pass (cpu); its handler loops over leading (vmap) dimensions itself."""
+  rule = jax.ffi.ffi_lowering(f"jaxgan_{_TARGETS[pass_]}")
+
+  def lower(ctx, a, b, *, geom, variant):
+    del variant
+    return rule(ctx, a, b, strides=np.asarray(geom.strides, np.int64),
+                padding=np.asarray([p for lo_hi in geom.pads for p in lo_hi], np.int64))
+
+  return lower, "cpu"
+
+
+_PASSES = conv_passes.Passes("jaxgan_onednn_conv", lowering=_lowering)
 
 
 def _out_hw(hw, k, s, pads):
   return tuple((hw[d] + sum(pads[d]) - k[d]) // s[d] + 1 for d in (0, 1))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv(x, w, s, pads):
   """y = lax.conv_general_dilated(x, w, s, pads) (NHWC, HWIO); x, w float32."""
-  ho, wo = _out_hw(x.shape[1:3], w.shape[:2], s, pads)
-  return _call("fwd", (x.shape[0], ho, wo, w.shape[3]), x, w, s, pads)
+  _check()
+  return _PASSES.fwd(x, w, conv_passes.Geometry.of("conv", x.shape, w.shape, s, pads))
 
 
-def _conv_fwd(x, w, s, pads):
-  return conv(x, w, s, pads), (x, w)
-
-
-def _conv_bwd(s, pads, res, g):
-  x, w = res
-  return conv_input_grad(g, w, s, pads, x.shape[1:3]), conv_kernel_grad(x, g, s, pads, w.shape[:2])
-
-
-conv.defvjp(_conv_fwd, _conv_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv_input_grad(g, w, s, pads, hw):
   """C_w^T g: the input gradient of ``conv`` with cotangent g, for inputs of spatial size hw."""
-  return _call("bwd_data", (g.shape[0], *hw, w.shape[2]), g, w, s, pads)
+  _check()
+  return _PASSES.dgrad(g, w, conv_passes.Geometry("conv", *_static(s, pads), tuple(hw), tuple(w.shape[-4:-2])))
 
 
-def _input_grad_fwd(g, w, s, pads, hw):
-  return conv_input_grad(g, w, s, pads, hw), (g, w)
-
-
-def _input_grad_bwd(s, pads, hw, res, dx):
-  g, w = res  # <dx, C_w^T g> = <C_w dx, g>
-  return conv(dx, w, s, pads), conv_kernel_grad(dx, g, s, pads, w.shape[:2])
-
-
-conv_input_grad.defvjp(_input_grad_fwd, _input_grad_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv_kernel_grad(x, g, s, pads, k):
   """d<g, C_w x>/dw for a kernel of spatial size k (the weight gradient of ``conv``)."""
-  return _call("bwd_weights", (*k, x.shape[3], g.shape[3]), x, g, s, pads)
+  _check()
+  return _PASSES.wgrad(x, g, conv_passes.Geometry("conv", *_static(s, pads), tuple(x.shape[-3:-1]), tuple(k)))
 
 
-def _kernel_grad_fwd(x, g, s, pads, k):
-  return conv_kernel_grad(x, g, s, pads, k), (x, g)
-
-
-def _kernel_grad_bwd(s, pads, k, res, dw):
-  x, g = res  # <dw, dW(x, g)> = <C_dw x, g>
-  return conv_input_grad(g, dw, s, pads, x.shape[1:3]), conv(x, dw, s, pads)
-
-
-conv_kernel_grad.defvjp(_kernel_grad_fwd, _kernel_grad_bwd)
+def _static(s, pads):
+  return tuple(int(v) for v in s), tuple((int(lo), int(hi)) for lo, hi in pads)
 
 
 def convt(x, w, s, pads):

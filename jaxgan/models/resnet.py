@@ -14,7 +14,8 @@ size   G: dense z -> 4x4 x (ch*m0), up-blocks to (ch*m_i)    D: blocks to (ch*m_
 128    m0 = 16, up: 16, 8, 4, 2, 1 (4 -> ... -> 128)         1, 2, 4, 8, 16, 16  down: T x5, F  (-> 4)
 =====  ===================================================  ============================================
 
-With ch=64 the 32 px models are SNGAN's CIFAR ResNet (G width 256; D width 256 where SNGAN used 128).
+With ch=64 for G and ch=32 for D the 32 px models are SNGAN's CIFAR ResNet (G width 256, D width 128;
+``--g_width=64 --d_width=32``).
 
 * G up-block: BN, ReLU, nearest 2x upsample, conv3x3, BN, ReLU, conv3x3; shortcut: upsample, conv1x1.
   Output: BN, ReLU, conv3x3 -> ``channels``, tanh. With ``num_classes > 0`` the blocks' BNs are
@@ -43,6 +44,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxgan.models import layers
 from jaxgan.models.blocks import (BN_EPSILON, BN_MOMENTUM, ConditionalBatchNorm, SelfAttention, avg_pool2x,
                                   check_labels, conv, sn_apply, upsample_nearest2x)
 
@@ -170,6 +172,8 @@ class ResNetGenerator(nn.Module):
         linearly mapped to each cBN's gamma/beta; 0 = per-layer class tables.
       bn_axis_name: BatchNorm ``axis_name`` (data-parallel axis inside shard_map).
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32, images are returned as float32.
+      conv_impl: "auto", "xla" or "dnnl" for every convolution (``--conv_impl``; see
+        `jaxgan.models.layers`); None: `layers.default_implementation()`.
     """
 
     latent_dim: int = 128
@@ -182,8 +186,10 @@ class ResNetGenerator(nn.Module):
     shared_embedding_dim: int = 128
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
+    conv_impl: str | None = None
 
     @nn.compact
+    @layers.with_conv_impl
     def __call__(self, z, labels=None, *, train: bool):
         _check_size(self.image_size, "ResNetGenerator")
         _check_attention(self.attention_resolution, generator_attention_resolutions(self.image_size),
@@ -229,6 +235,8 @@ class ResNetDiscriminator(nn.Module):
       attention_resolution: None, or a resolution from ``discriminator_attention_resolutions(image_size)``.
       dtype: compute dtype of the blocks (e.g. ``jnp.bfloat16``); parameters, the final dense layer and the
         logits are float32.
+      conv_impl: "auto", "xla" or "dnnl" for every convolution (``--conv_impl``; see
+        `jaxgan.models.layers`); None: `layers.default_implementation()`.
     """
 
     image_size: int = 32
@@ -237,8 +245,10 @@ class ResNetDiscriminator(nn.Module):
     ch: int = 64
     attention_resolution: int | None = None
     dtype: Any = jnp.float32
+    conv_impl: str | None = None
 
     @nn.compact
+    @layers.with_conv_impl
     def __call__(self, x, labels=None, *, train: bool):
         _check_size(self.image_size, "ResNetDiscriminator")
         _check_attention(self.attention_resolution, discriminator_attention_resolutions(self.image_size),
