@@ -20,7 +20,7 @@ import json
 import math
 import os
 import pathlib
-import tempfile
+import secrets
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -113,10 +113,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     _atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _create_temp(path: pathlib.Path) -> tuple[int, pathlib.Path]:
+    """A new file beside ``path`` opened for writing, with mode ``0o666 & ~umask`` like any ``open``.
+
+    (``tempfile.mkstemp`` creates 0600 files, which ``os.replace`` would carry over to ``path``, so a
+    TensorBoard server or another user could not read the outputs.)
+    """
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -362,15 +376,20 @@ def _series(metrics: Iterable[dict], keys: Sequence[str]) -> dict[str, tuple[np.
     return {k: (np.asarray(s), np.asarray(v)) for k, (s, v) in out.items()}
 
 
-def plot_losses(metrics: list[dict] | str | os.PathLike, out_png: str | os.PathLike) -> None:
+def plot_losses(metrics: list[dict] | str | os.PathLike, out_png: str | os.PathLike, *,
+                show_wasserstein: bool = False) -> list[str]:
     """Plots the discriminator and generator terms over steps into one PNG (written atomically).
 
     Args:
       metrics: records as returned by :func:`read_metrics`, or a path to a metrics.jsonl file (or its workdir).
       out_png: output path.
+      show_wasserstein: add a panel for ``wasserstein_estimate`` (mean D(real) - mean D(fake), which the train
+        step logs for every loss). Only a Wasserstein critic makes it an estimate of the Wasserstein distance
+        (up to the critic's Lipschitz constant), so callers pass ``config.loss == "wasserstein"``.
 
     Panels: every numeric key starting with ``d/`` (left), every one starting with ``g/`` (middle), and
-    ``wasserstein_estimate`` (right) when any record has it. Non-finite values show as gaps.
+    ``wasserstein_estimate`` (right) when ``show_wasserstein`` and any record has it. Non-finite values show
+    as gaps. Returns the panel titles, left to right.
     """
     if isinstance(metrics, (str, os.PathLike)):
         metrics = read_metrics(metrics)
@@ -379,7 +398,7 @@ def plot_losses(metrics: list[dict] | str | os.PathLike, out_png: str | os.PathL
     for rec in metrics:
         for k, v in rec.items():
             if k not in keys and _is_number(v) and (k.startswith("d/") or k.startswith("g/")
-                                                    or k == "wasserstein_estimate"):
+                                                    or (show_wasserstein and k == "wasserstein_estimate")):
                 keys.append(k)
     groups = [("discriminator (d/...)", sorted(k for k in keys if k.startswith("d/"))),
               ("generator (g/...)", sorted(k for k in keys if k.startswith("g/")))]
@@ -400,6 +419,7 @@ def plot_losses(metrics: list[dict] | str | os.PathLike, out_png: str | os.PathL
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     _save_figure(fig, out_png)
+    return [ax.get_title() for ax in axes[0]]
 
 
 def plot_samples_2d(samples: Any, out_png: str | os.PathLike, *, means: Any = None,

@@ -20,7 +20,7 @@ seed-axis path (plain ``jit`` over ``P("seed")`` inputs) free of Explicit-mode `
 indexing. Pass ``axis_type=AxisType.Explicit`` to `make_mesh` to get the strict behaviour; every helper
 here places its inputs, so both work (``tests/test_parallel.py`` checks both).
 
-CPU pitfall (``notes/jax-stack.md`` §1): with more simulated devices than cores, unbounded async dispatch
+CPU pitfall (``docs/parallel.md``): with more simulated devices than cores, unbounded async dispatch
 of programs with collectives can deadlock the CPU thread pool. `ParallelStep` therefore blocks on the
 metrics of the step ``max_in_flight`` calls ago, so at most that many steps are ever queued.
 
@@ -31,6 +31,7 @@ the same numbers (tested); `data_parallel_step` does the same with global arrays
 from __future__ import annotations
 
 import collections
+import contextlib
 import socket
 import time
 from typing import Any, Callable
@@ -418,15 +419,14 @@ def _parse_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def wait_for_coordinator(address: str, timeout_s: float) -> None:
-    """Polls a TCP connection to ``HOST:PORT`` until it answers; `DistributedError` after ``timeout_s``."""
+def _connect(address: str, timeout_s: float) -> socket.socket:
+    """A TCP connection to ``HOST:PORT``, retried until it answers; `DistributedError` after ``timeout_s``."""
     host, port = _parse_address(address)
     deadline = time.monotonic() + timeout_s
     last = None
     while True:
         try:
-            with socket.create_connection((host, port), timeout=min(2.0, max(timeout_s, 0.1))):
-                return
+            return socket.create_connection((host, port), timeout=min(2.0, max(timeout_s, 0.1)))
         except OSError as e:
             last = e
         if time.monotonic() >= deadline:
@@ -436,16 +436,119 @@ def wait_for_coordinator(address: str, timeout_s: float) -> None:
         time.sleep(0.25)
 
 
+def wait_for_coordinator(address: str, timeout_s: float) -> None:
+    """Polls a TCP connection to ``HOST:PORT`` until it answers; `DistributedError` after ``timeout_s``."""
+    _connect(address, timeout_s).close()
+
+
+_HELLO = "jaxgan-rendezvous-1"  # first word of a process's greeting on the coordinator port (see `rendezvous`)
+
+
+def _listen(port: int) -> socket.socket:
+    """A listening socket on every address (IPv6 and IPv4 where possible), as jax's coordinator binds."""
+    if socket.has_dualstack_ipv6():
+        return socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True, reuse_port=False)
+    return socket.create_server(("", port))
+
+
+def _read_line(conn: socket.socket, deadline: float) -> str:
+    """One ``\n``-terminated line (at most 1 kB) from ``conn`` before ``deadline``; '' on EOF or timeout."""
+    data = b""
+    while b"\n" not in data and len(data) < 1024:
+        conn.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            chunk = conn.recv(1024)
+        except OSError:
+            return ""
+        if not chunk:
+            return ""
+        data += chunk
+    return data.split(b"\n", 1)[0].decode(errors="replace")
+
+
+def _gather_processes(address: str, num_processes: int, timeout_s: float) -> None:
+    """Process 0: waits on the coordinator's port until the other ``num_processes - 1`` processes greet it,
+    then tells them to go on and closes the port for jax's coordinator. `DistributedError` naming how many
+    connected when they do not all come within ``timeout_s`` (instead of jax's abort, "another task died")."""
+    _, port = _parse_address(address)
+    deadline = time.monotonic() + timeout_s
+    try:
+        server = _listen(port)
+    except OSError as e:
+        raise DistributedError(f"process 0 cannot listen on the port of --coordinator_address={address} ({e}); "
+                               f"use a free port") from None
+    joined: dict[int, socket.socket] = {}
+    try:
+        while len(joined) < num_processes - 1:
+            server.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                conn, _ = server.accept()
+            except (socket.timeout, TimeoutError):
+                raise DistributedError(
+                    f"process 0 waited {timeout_s:g} s for {num_processes} processes; only {len(joined) + 1} "
+                    f"connected (process ids {sorted([0, *joined])}): start all --num_processes={num_processes} "
+                    f"processes with the same --coordinator_address={address}, or raise --distributed_timeout"
+                ) from None
+            words = _read_line(conn, min(deadline, time.monotonic() + 5)).split()
+            if len(words) != 3 or words[0] != _HELLO or not (words[1].isdigit() and words[2].isdigit()):
+                conn.close()  # not one of ours (a port scan, a health check): ignore it
+                continue
+            pid, count = int(words[1]), int(words[2])
+            problem = (f"was started with --num_processes={count}, process 0 with {num_processes}"
+                       if count != num_processes else
+                       "is already connected: two processes have the same --process_id" if pid in joined else
+                       "is out of range" if not 0 < pid < num_processes else None)
+            if problem:
+                message = f"process {pid} {problem}; start every process with the same --num_processes and " \
+                          f"a distinct --process_id in [0, {num_processes})"
+                conn.sendall(f"error {message}\n".encode())
+                conn.close()
+                raise DistributedError(message)
+            joined[pid] = conn
+        for conn in joined.values():
+            conn.sendall(b"go\n")
+        for conn in joined.values():  # they hang up first, so the port is not left in TIME_WAIT here
+            _read_line(conn, time.monotonic() + 5)
+    except DistributedError as e:
+        for conn in joined.values():
+            with contextlib.suppress(OSError):
+                conn.sendall(f"error process 0: {e}\n".encode())
+        raise
+    finally:
+        for conn in joined.values():
+            conn.close()
+        server.close()
+
+
+def _join_process_zero(address: str, process_id: int, num_processes: int, timeout_s: float) -> None:
+    """Processes other than 0: greets process 0 on the coordinator's port and waits for its go-ahead."""
+    deadline = time.monotonic() + timeout_s
+    with _connect(address, timeout_s) as conn:
+        conn.sendall(f"{_HELLO} {process_id} {num_processes}\n".encode())
+        reply = _read_line(conn, deadline)
+    if reply == "go":
+        return
+    if reply.startswith("error "):
+        raise DistributedError(reply[len("error "):])
+    raise DistributedError(f"process 0 at --coordinator_address={address} did not confirm within {timeout_s:g} s "
+                           f"that all {num_processes} processes started; start all of them (process 0 with the "
+                           f"same launcher) with the same --coordinator_address and --num_processes")
+
+
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None, *, auto: bool = False, timeout_s: int = 300) -> None:
     """``jax.distributed.initialize`` with checks and a clear error when the coordinator does not answer.
 
     Explicit mode: ``coordinator_address="HOST:PORT"``, ``num_processes=N``, ``process_id=I`` (process 0 hosts
     the coordinator on PORT). ``auto=True``: a bare ``jax.distributed.initialize()`` that detects TPU pods,
-    SLURM, Open MPI, ... from the environment. Call before any other JAX use. Processes other than 0 first
-    wait up to ``timeout_s`` for the coordinator's port and raise `DistributedError` if it stays silent
-    (jax itself would abort the process with a C++ fatal error). Process 0 waits up to ``timeout_s`` for
-    the others to register; if they never do, jax aborts it ("DEADLINE_EXCEEDED ... RegisterTask").
+    SLURM, Open MPI, ... from the environment. Call before any other JAX use.
+
+    Explicit mode starts with a rendezvous of its own on the coordinator's port, before jax binds it (jax
+    would abort a process whose peers do not come with a C++ fatal error, "another task died"): process 0
+    waits up to ``timeout_s`` for the other processes to greet it and raises `DistributedError` saying how
+    many connected; the others wait up to ``timeout_s`` for process 0 and raise `DistributedError` if it
+    stays silent. A different ``num_processes`` or a repeated ``process_id`` is refused on both sides. All
+    processes must therefore start through this function (``launch/train.py``, ``launch/local_cluster.sh``).
     Note: `jax.distributed` installs a SIGTERM handler (preemption notice); stop hung workers with SIGKILL.
     """
     if auto:
@@ -462,8 +565,11 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     if process_id is None or not 0 <= process_id < num_processes:
         raise DistributedError(f"--process_id must be in [0, {num_processes}), got {process_id}")
     start = time.monotonic()
-    if process_id != 0:
-        wait_for_coordinator(coordinator_address, timeout_s)
+    if num_processes > 1:  # our own rendezvous first: a missing process is one clear error, not a C++ abort
+        if process_id == 0:
+            _gather_processes(coordinator_address, num_processes, timeout_s)
+        else:
+            _join_process_zero(coordinator_address, process_id, num_processes, timeout_s)
     remaining = max(1, int(round(timeout_s - (time.monotonic() - start))))
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id, initialization_timeout=remaining)

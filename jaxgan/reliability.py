@@ -16,7 +16,10 @@ never saved over a good one and the newest checkpoint is always the last good on
 
 **Stop requests.** `StopRequest` turns SIGTERM and SIGINT into a flag that the loop reads after each step: the
 current step finishes, a checkpoint is written synchronously and `TrainingInterrupted` is raised (the launcher
-prints how to resume and exits 0). A second signal stops at once (KeyboardInterrupt). With several processes,
+prints how to resume and exits 0). A signal received before the loop (launch/train.py installs a
+`jaxgan.interrupts.SignalRequest` before it imports JAX) stops the run before its first step; with no checkpoint
+yet, `TrainingInterrupted` has ``step`` 0 and there is nothing to resume. A second signal stops at once
+(KeyboardInterrupt). With several processes,
 `jax.distributed` owns SIGTERM (its preemption notifier); `StopRequest.should_stop` then asks
 ``multihost_utils.reached_preemption_sync_point`` every step, which turns true on every process at the same
 step, and agrees on local SIGINTs at log steps with an all-gather, so every process saves the same step.
@@ -27,13 +30,14 @@ import os
 import shlex
 import signal
 import sys
-import threading
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+
+from jaxgan import interrupts
 
 NAN_POLICIES = ("stop", "skip", "rollback")
 EXIT_DIVERGED = 3
@@ -44,11 +48,12 @@ class DivergenceError(RuntimeError):
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped on request (SIGTERM/SIGINT/preemption) after writing a checkpoint at ``step``."""
+    """Training stopped on request (SIGTERM/SIGINT/preemption) with a checkpoint at ``step`` (0: none yet)."""
 
     def __init__(self, step: int, reason: str, checkpoint_dir: str):
         self.step, self.reason, self.checkpoint_dir = step, reason, checkpoint_dir
-        super().__init__(f"{reason}: stopped after step {step}; checkpoint written to {checkpoint_dir}")
+        super().__init__(f"{reason}: stopped after step {step}; checkpoint in {checkpoint_dir}" if step else
+                         f"{reason}: interrupted before the first checkpoint; nothing to resume")
 
 
 # ------------------------------------------------------------------------------------------- divergence guard
@@ -114,16 +119,26 @@ def _order_terms(names: list[str]) -> list[str]:
 
 
 def divergence_message(first_step: int, bad: list[str], detected_at: int, last_good: int | None,
-                       checkpoint_dir: str, *, policy: str = "stop", extra: str = "") -> str:
-    """One line: the step, the first non-finite loss term (and the others), the last good checkpoint."""
+                       checkpoint_dir: str, *, policy: str = "stop", extra: str = "", damaged: str = "") -> str:
+    """One line: the step, the first non-finite loss term (and the others), the last good checkpoint (the newest
+    that verifies and is finite; ``damaged``: the line saying every checkpoint is damaged, when that is why
+    ``last_good`` is None)."""
     terms = _order_terms(bad)
     what = (f"loss term {terms[0]} became NaN/Inf first" + (f" (also non-finite: {', '.join(terms[1:])})"
                                                              if terms[1:] else "")
             if terms else "the parameters became NaN/Inf (every loss term was finite)")
     where = (f"last good checkpoint: step {last_good} in {checkpoint_dir}" if last_good is not None
-             else f"no checkpoint was written yet in {checkpoint_dir}")
-    hint = {"stop": "; rerun with --on_nan=rollback (or lower --g_lr/--d_lr) to continue from it",
-            "skip": "", "rollback": ""}.get(policy, "")
+             else f"no good checkpoint: {damaged}" if damaged else f"no checkpoint was written yet in {checkpoint_dir}")
+    # A rerun with other --g_lr/--d_lr is another configuration: it needs --overwrite, which drops the checkpoints.
+    if damaged:
+        hint = "; --overwrite starts afresh (it deletes them)"
+    elif policy != "stop":
+        hint = ""
+    elif last_good is not None:
+        hint = "; rerun with --on_nan=rollback to continue from it with lower learning rates (--nan_lr_factor)"
+    else:
+        hint = ("; there is nothing to continue from: rerun with --on_nan=rollback to restart from step 0 with lower "
+                "learning rates (--nan_lr_factor), or with lower --g_lr/--d_lr and --overwrite")
     detected = f" (detected at step {detected_at})" if detected_at != first_step else ""
     return f"diverged at step {first_step}{detected}: {what}; {where}{extra}{hint}"
 
@@ -147,34 +162,18 @@ def learning_rates(state) -> tuple[float, float]:
 
 # ---------------------------------------------------------------------------------------------- stop requests
 
-class StopRequest:
-    """Context manager turning SIGTERM/SIGINT into a stop request read by `should_stop` after each step."""
+class StopRequest(interrupts.SignalRequest):
+    """Context manager turning SIGTERM/SIGINT into a stop request read by `should_stop` after each step.
 
-    def __init__(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)):
-        self._signals = tuple(signals)
-        self._previous: dict[int, Any] = {}
-        self.reason: str | None = None
+    Entered while a launcher's `jaxgan.interrupts.SignalRequest` handles the signals (launch/train.py installs
+    one before importing JAX), it starts with the request that one received during start-up.
+    """
 
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is not threading.main_thread():
-            return self  # signal handlers can only be installed from the main thread
-        for sig in self._signals:
-            if sig == signal.SIGTERM and jax.process_count() > 1:
-                continue  # jax.distributed's preemption notifier owns SIGTERM; see should_stop
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
+    def signals_to_handle(self) -> tuple[int, ...]:
+        # jax.distributed's preemption notifier owns SIGTERM in a multi-process run; see should_stop
+        return tuple(s for s in self._signals if not (s == signal.SIGTERM and jax.process_count() > 1))
 
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum, frame) -> None:
-        name = signal.Signals(signum).name
-        if self.reason is not None:  # second signal: stop now
-            self.__exit__()
-            raise KeyboardInterrupt(f"second {name}")
-        self.reason = name
+    def notice(self, name: str) -> None:
         logging.warning("%s received: finishing the current step, then writing a checkpoint and stopping "
                         "(send it again to stop at once)", name)
 

@@ -93,8 +93,10 @@ def init_gan_state(key: jax.Array, generator: nn.Module, discriminator: nn.Modul
                    num_classes: int = 0) -> GANState:
     """Initialises both players from ``key``. ``data_shape`` is one example's shape, e.g. (2,) or (32, 32, 3).
 
-    ``hparams`` may contain ``g_lr``/``d_lr``: they are written into ``inject_hyperparams`` optimizer
-    states, so a vmapped init over learning rates gives each run its own. Pure and vmappable.
+    ``hparams`` must hold every name in the objective's ``Objective.hparams`` (e.g. ``label_smoothing``,
+    ``penalty_weight``; the train step refuses a state without them), and may add ``ema_decay``,
+    ``instance_noise`` and ``g_lr``/``d_lr``: the learning rates are written into ``inject_hyperparams``
+    optimizer states, so a vmapped init over learning rates gives each run its own. Pure and vmappable.
     """
     hparams = {k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()}
     key, g_key, d_key = jax.random.split(key, 3)

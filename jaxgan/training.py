@@ -7,6 +7,7 @@ Files in ``workdir``: ``config.json`` (the resolved config; a different config i
 ``overwrite``), ``run_info.json`` (versions, devices, git revision), ``metrics.jsonl``, ``tb/`` (TensorBoard),
 ``checkpoints/``, ``samples/`` (grids or 2D scatter plots every ``sample_every`` steps), ``samples.png`` and
 ``losses.png`` at the end, and for 2D mixtures ``final_metrics.json`` (mode coverage of 2500 samples).
+While a run is going, ``.lock`` names it: a second run on the same workdir is refused (`jaxgan.workdir`).
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from jaxgan import experiment as experiment_lib
 from jaxgan import logging as log_lib
 from jaxgan import parallel
 from jaxgan import reliability
-from jaxgan.checkpoint import Checkpointer
+from jaxgan import workdir as workdir_lib
+from jaxgan.checkpoint import CheckpointError, Checkpointer
 from jaxgan.data import toy
 from jaxgan.experiment import Config, ConfigError
 from jaxgan.step import inline_multi_steps, make_multi_step, sample
@@ -40,6 +42,7 @@ RESUMABLE_FIELDS = ("steps", "log_every", "sample_every", "checkpoint_every", "k
                     "on_nan", "nan_lr_factor", "max_rollbacks")
 RESUMABLE_FIELDS += ("eval_every", "eval_metrics", "eval_num_samples", "eval_inception_weights")
 RESUMABLE_FIELDS += ("steps_per_call",)  # the same steps, run k per jitted call
+RESUMABLE_FIELDS += ("conv_impl",)  # the same convolutions computed by other kernels (rounding differs)
 
 
 DivergenceError = reliability.DivergenceError  # re-exported: the launcher and users catch it here
@@ -84,7 +87,7 @@ class ImageData:
         self._it = make_image_dataset(config.dataset, image_size=config.image_size, channels=config.channels,
                                       batch_size=n_critic * batch_size, seed=config.seed,
                                       data_dir=config.data_dir or None, process_index=process_index,
-                                      process_count=process_count)
+                                      process_count=process_count, skip_corrupt_images=config.skip_corrupt_images)
         self.num_classes = self._it.num_classes
 
     def __next__(self) -> dict:
@@ -162,6 +165,29 @@ def check_workdir(config: Config, workdir: pathlib.Path, overwrite: bool) -> Non
                           f"another --workdir or pass --overwrite")
 
 
+# What a run writes in its workdir (glob patterns): --overwrite removes them, and nothing else.
+RUN_OUTPUTS = (log_lib.METRICS_FILENAME, "samples.png", "losses.png", "final_metrics.json",
+               "eval.json", "eval_step_*.json")  # launch/evaluate.py's default outputs
+RUN_OUTPUT_FOLDERS = ((log_lib.TB_DIRNAME, "events.out.tfevents.*"), ("samples", "step_*.png"))
+
+
+def clear_previous_run(workdir: pathlib.Path) -> None:
+    """--overwrite: removes what an earlier run wrote in ``workdir`` (checkpoints, metrics, TensorBoard events,
+    sample grids, plots, final metrics, evaluations), so TensorBoard and the plots show only the new run.
+    Files jaxgan does not write stay, and so do the folders holding them."""
+    if (workdir / "checkpoints").exists():
+        shutil.rmtree(workdir / "checkpoints")  # the old run's checkpoints must not be resumed
+    for pattern in RUN_OUTPUTS:
+        for path in workdir.glob(pattern):
+            path.unlink()
+    for folder, pattern in RUN_OUTPUT_FOLDERS:
+        if (workdir / folder).is_dir():
+            for path in (workdir / folder).glob(pattern):
+                path.unlink()
+            if not any((workdir / folder).iterdir()):
+                (workdir / folder).rmdir()
+
+
 def sample_params(state, config: Config):
     """EMA weights when EMA is on, else the raw generator weights."""
     return state.g_ema_params if config.ema_decay else state.g.params
@@ -199,11 +225,19 @@ def _log_evaluation(exp, state, config: Config, extractor, writer, step: int) ->
                  extractor.name, ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
 
 
-def _rollback(exp, config: Config, checkpointer: Checkpointer, abstract, key, data, initial_data_state, state,
+def _last_good(checkpointer: Checkpointer, abstract) -> tuple[tuple[int, Any, dict] | None, str]:
+    """(step, state, data_state) of the newest checkpoint that verifies and holds only finite values (None when
+    there is none), and "" or, when every checkpoint is damaged, the one line saying so."""
+    try:
+        return checkpointer.restore_latest(abstract, require_finite=True), ""
+    except CheckpointError as e:
+        return None, str(e)
+
+
+def _rollback(exp, config: Config, restored: tuple[int, Any, dict] | None, key, data, initial_data_state, state,
               message: str, attempt: int) -> tuple[int, Any]:
-    """--on_nan=rollback: the last good checkpoint (or the initial state) with learning rates x nan_lr_factor."""
+    """--on_nan=rollback: ``restored`` (`_last_good`, or the initial state) with learning rates x nan_lr_factor."""
     g_lr, d_lr = reliability.learning_rates(state)  # the hyperparameters of the diverged state are still finite
-    restored = checkpointer.restore_latest(abstract)
     if restored is None:
         step, good, data_state = 0, jax.jit(exp.init)(key), initial_data_state
     else:
@@ -224,11 +258,14 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
     # Everything that can refuse the run happens before anything is written, compiled or loaded in bulk:
     # flags (including the device count and the BatchNorm-with-penalty check), the workdir, then the data.
     experiment_lib.validate(config, device_count=None if config.is_toy else jax.device_count())
-    workdir = pathlib.Path(workdir)
-    if not str(workdir).strip():
-        raise ConfigError("--workdir must not be empty")
-    if workdir.exists() and not workdir.is_dir():
-        raise ConfigError(f"--workdir={workdir} exists and is not a directory")
+    # One writer per workdir (jaxgan.workdir): a second run is refused, naming the holder, before it writes;
+    # an empty --workdir is refused; the lock is released however train() ends.
+    with workdir_lib.hold(workdir) as workdir:
+        return _train(config, workdir, overwrite)
+
+
+def _train(config: Config, workdir: pathlib.Path, overwrite: bool) -> Any:
+    """`train` while this run holds the workdir's lock."""
     check_workdir(config, workdir, overwrite)
     mesh = parallel.training_mesh(config)  # None: one device; else the ("seed", "data") mesh of --mesh_data
     data = make_data(config, process_index=jax.process_index(), process_count=jax.process_count())
@@ -242,8 +279,8 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
     extractor = _eval_extractor(config)  # --eval_every: a missing weights file refuses the run before it starts
     workdir.mkdir(parents=True, exist_ok=True)
     if parallel.is_primary():  # process 0 writes the workdir's files; every process checkpoints
-        if overwrite and (workdir / "checkpoints").exists():
-            shutil.rmtree(workdir / "checkpoints")  # --overwrite: the old run's checkpoints must not be resumed
+        if overwrite:
+            clear_previous_run(workdir)
         log_lib.atomic_write_text(workdir / "config.json", config.to_json())
         log_lib.atomic_write_text(workdir / "run_info.json", json.dumps({**run_info(), "num_classes": exp.num_classes}, indent=1))
     parallel.sync_processes("jaxgan_workdir_ready")
@@ -254,7 +291,11 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
         abstract = parallel.abstract_on_mesh(abstract, mesh)  # restore replicated onto this run's mesh
     checkpointer = Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every,
                                 keep=config.keep_checkpoints)
-    restored = None if overwrite else checkpointer.restore_latest(abstract)
+    try:  # the newest checkpoint that verifies and is finite; newer damaged ones are set aside (one line each)
+        restored = None if overwrite else checkpointer.restore_latest(abstract, require_finite=True)
+    except CheckpointError as e:
+        checkpointer.close()
+        raise CheckpointError(f"{e}; --overwrite starts afresh (it deletes them)") from None
     if restored is None:
         start, state = 0, (jax.jit(exp.init)(key) if mesh is None else parallel.init_replicated(exp.init, key, mesh))
     else:
@@ -287,6 +328,8 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
     record, rollbacks, skips_at_last_log = None, 0, 0
     try:
         with reliability.StopRequest() as stop:
+            if stop.reason is not None and jax.process_count() == 1:  # a signal during start-up (see StopRequest)
+                raise reliability.TrainingInterrupted(start, stop.reason, checkpointer.directory)
             t = start
             while t < config.steps:
                 n = per_call if per_call > 1 and t % per_call == 0 and t + per_call <= config.steps else 1
@@ -302,23 +345,25 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
                 saving = stopping or done == config.steps or checkpointer.should_save(done)
                 if is_log or saving:  # never log or save without checking the state is finite
                     first, count, bad = reliability.read_record(record)
-                    last_good = checkpointer.latest_step()
                     if config.on_nan == "skip":
                         if is_log and count - skips_at_last_log >= done - last_step:
+                            good, damaged = _last_good(checkpointer, abstract)
                             raise DivergenceError(reliability.divergence_message(
-                                first, bad, done, last_good, checkpointer.directory, policy="skip",
+                                first, bad, done, good and good[0], checkpointer.directory, policy="skip",
                                 extra=f"; --on_nan=skip gave up: all {done - last_step} steps since step {last_step} "
-                                      f"were non-finite"))
+                                      f"were non-finite", damaged=damaged))
                         if is_log and count > skips_at_last_log:
                             logging.warning("--on_nan=skip: discarded %d non-finite update(s) in steps %d-%d",
                                             count - skips_at_last_log, last_step + 1, done)
                     elif first >= 0:
-                        message = reliability.divergence_message(first, bad, done, last_good, checkpointer.directory,
-                                                                 policy=config.on_nan)
-                        if config.on_nan == "rollback" and rollbacks < config.max_rollbacks:
+                        good, damaged = _last_good(checkpointer, abstract)
+                        message = reliability.divergence_message(first, bad, done, good and good[0],
+                                                                 checkpointer.directory, policy=config.on_nan,
+                                                                 damaged=damaged)
+                        if config.on_nan == "rollback" and rollbacks < config.max_rollbacks and not damaged:
                             rollbacks += 1
-                            t, state = _rollback(exp, config, checkpointer, abstract, key, data, initial_data_state,
-                                                 state, message, rollbacks)
+                            t, state = _rollback(exp, config, good, key, data, initial_data_state, state, message,
+                                                 rollbacks)
                             writer.truncate_after(t)
                             record, last_time, last_step = None, time.perf_counter(), t
                             continue
@@ -358,7 +403,8 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
         return state  # process 0 writes the samples, plots and final metrics
     num = config.num_samples if config.is_toy else 64
     x = _save_samples(exp, state, config, workdir / "samples.png", latents_key, num)
-    log_lib.plot_losses(workdir / "metrics.jsonl", workdir / "losses.png")
+    log_lib.plot_losses(workdir / "metrics.jsonl", workdir / "losses.png",
+                        show_wasserstein=config.loss == "wasserstein")
     if exp.mixture is not None:
         from jaxgan.metrics import modes
         result = modes.mode_metrics(x, exp.mixture.means, exp.mixture.std)
@@ -369,24 +415,37 @@ def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
     return state
 
 
+def _onednn_here() -> bool:
+    from jaxgan.models import onednn
+    return jax.default_backend() == "cpu" and onednn.available()
+
+
 def load_run(workdir: str | os.PathLike, step: int | None = None):
-    """(experiment, state) of a finished or running workdir, at checkpoint ``step`` (default: newest)."""
+    """(experiment, state) of a finished or running workdir, at checkpoint ``step`` (default: the newest that
+    verifies and is finite, skipping damaged ones with a warning each). Opens the checkpoints read-only: a
+    running trainer's in-flight checkpoint is left alone, and nothing is created or removed."""
+    if not str(workdir).strip():
+        raise ConfigError("--workdir must not be empty")
     workdir = pathlib.Path(workdir)
     path = workdir / "config.json"
     if not path.exists():
         raise ConfigError(f"--workdir={workdir} has no config.json; is it a jaxgan workdir?")
     fields = {f.name for f in dataclasses.fields(Config)}
     config = Config(**{k: v for k, v in json.loads(path.read_text()).items() if k in fields})
+    if config.conv_impl == "dnnl" and not _onednn_here():  # trained on a CPU with oneDNN, read elsewhere
+        logging.info("the run used --conv_impl=dnnl, which is unavailable here; reading it with --conv_impl=auto")
+        config = dataclasses.replace(config, conv_impl="auto")
     info = json.loads((workdir / "run_info.json").read_text()) if (workdir / "run_info.json").exists() else {}
     exp = experiment_lib.build(config, num_classes=info.get("num_classes", 0))
     abstract = jax.eval_shape(exp.init, jax.random.key(config.seed))
-    with Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every) as checkpointer:
+    with Checkpointer(workdir / "checkpoints", read_only=True) as checkpointer:
         steps = checkpointer.all_steps()
         if not steps:
             raise ConfigError(f"--workdir={workdir} has no checkpoint yet")
         if step is None:
-            step = max(steps)
+            _, state, _ = checkpointer.restore_latest(abstract, require_finite=True)
         elif step not in steps:
             raise ConfigError(f"--step={step} has no checkpoint in {workdir}; available: {sorted(steps)}")
-        state, _ = checkpointer.restore(step, abstract)
+        else:
+            state, _ = checkpointer.restore(step, abstract)
     return exp, state

@@ -1,5 +1,6 @@
 """Tests for jaxgan.data.{images,digits,pipeline}: TFDS (mock data), folders of files, sklearn digits."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -188,18 +189,25 @@ def test_folder_errors(tmp_path):
 
     bad = tmp_path / "bad"
     bad.mkdir()
-    Image.new("RGB", (16, 16), (1, 2, 3)).save(bad / "ok.png")
     Image.new("RGB", (64, 64), (1, 2, 3)).save(bad / "full.png")
     data = (bad / "full.png").read_bytes()
     (bad / "full.png").unlink()
     (bad / "truncated.png").write_bytes(data[: len(data) // 2])
     (bad / "garbage.jpg").write_bytes(b"definitely not a jpeg" * 10)
-    for threads in (0, 2):  # errors raised in grain's reader threads reach the caller unchanged
-        it = make_image_dataset(f"folder:{bad}", image_size=8, channels=3, batch_size=3, seed=0, num_threads=threads)
+    with pytest.raises(DatasetError) as e:  # every file is decoded when the folder is opened
+        make_image_dataset(f"folder:{bad}", image_size=8, channels=3, batch_size=3, seed=0)
+    msg = one_line(e)
+    assert str(bad / "truncated.png") in msg and str(bad / "garbage.jpg") in msg and "--skip_corrupt_images" in msg
+    for threads in (0, 2):  # a file that breaks after the open: errors in grain's reader threads reach the caller
+        for i in range(4):
+            Image.new("RGB", (16, 16), (i, 2, 3)).save(bad / f"ok{i}.png")
+        it = make_image_dataset(f"folder:{bad}", image_size=8, channels=3, batch_size=3, seed=0, num_threads=threads,
+                                skip_corrupt_images=True)
+        for i in range(4):
+            (bad / f"ok{i}.png").write_bytes(b"broken")
         with pytest.raises(DatasetError) as e:
             next(it)
-        msg = one_line(e)
-        assert str(bad / "truncated.png") in msg or str(bad / "garbage.jpg") in msg
+        assert "ok" in one_line(e) and "corrupt or truncated" in one_line(e)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -258,3 +266,73 @@ def test_argument_errors(kwargs, needle):
     with pytest.raises(DatasetError) as e:
         make_image_dataset("digits", **args)
     assert needle in one_line(e)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Corrupt files in a folder: found when it is opened; --skip_corrupt_images
+
+
+@pytest.fixture(autouse=True)
+def _image_check_cache(tmp_path, monkeypatch):
+    """The decoded-once cache of jaxgan.data.images in the test's own directory, not ~/.cache."""
+    from jaxgan.data import images
+    monkeypatch.setattr(images, "DEFAULT_CHECK_CACHE", str(tmp_path / "image_checks"))
+
+
+def _folder_with_corrupt_png(root, good=6):
+    root.mkdir()
+    for i in range(good):  # gray level 10 * (i + 1): each example tells which file it came from
+        Image.new("L", (8, 8), 10 * (i + 1)).save(root / f"img{i}.png")
+    Image.new("L", (32, 32), 200).save(root / "whole.png")
+    data = (root / "whole.png").read_bytes()
+    (root / "whole.png").unlink()
+    (root / "zz_corrupt.png").write_bytes(data[:40])  # the header survives, the pixel data does not
+    return root / "zz_corrupt.png"
+
+
+def test_corrupt_png_refused_at_open_and_skipped_with_the_flag(tmp_path, caplog):
+    bad = _folder_with_corrupt_png(tmp_path / "imgs")
+    kw = dict(image_size=8, channels=1, batch_size=4, seed=0, num_threads=0)
+    with pytest.raises(DatasetError) as e:
+        make_image_dataset(f"folder:{tmp_path / 'imgs'}", **kw)
+    msg = one_line(e)
+    assert str(bad) in msg and "1 of 7 image files cannot be decoded" in msg and "--skip_corrupt_images" in msg
+    with caplog.at_level("WARNING"):
+        it = make_image_dataset(f"folder:{tmp_path / 'imgs'}", skip_corrupt_images=True, **kw)
+    warnings = [r.getMessage() for r in caplog.records if "--skip_corrupt_images" in r.getMessage()]
+    assert len(warnings) == 1 and repr(str(bad)) in warnings[0] and "1 of 7" in warnings[0]
+    assert it.num_examples == 6
+    # 3 epochs of batches (18 examples): every example is one of the six good images, each value 10 * (i + 1)
+    values = np.concatenate([np.round((b["x"][:, 0, 0, 0] + 1) * 127.5) for b in take(it, 4)])
+    assert set(values.tolist()) <= {10.0 * (i + 1) for i in range(6)} and len(set(values.tolist())) == 6
+
+
+def test_corrupt_check_decodes_each_file_once_until_it_changes(tmp_path, monkeypatch):
+    from jaxgan.data import images
+    folder = tmp_path / "imgs"
+    _folder_with_corrupt_png(folder, good=3)
+    paths = images.list_image_files(str(folder))
+    decoded = []
+    real = images.load_image_file
+    monkeypatch.setattr(images, "load_image_file", lambda p: decoded.append(p) or real(p))
+    first = images.find_unreadable_images(str(folder), paths)
+    assert [p for p, _ in first] == [str(folder / "zz_corrupt.png")] and len(decoded) == 4
+    decoded.clear()
+    assert images.find_unreadable_images(str(folder), paths) == first
+    assert decoded == [str(folder / "zz_corrupt.png")]  # the good ones are remembered, the bad one is not
+    decoded.clear()
+    (folder / "img1.png").write_bytes(b"overwritten")  # a changed file is decoded again
+    again = images.find_unreadable_images(str(folder), paths)
+    assert sorted(decoded) == [str(folder / "img1.png"), str(folder / "zz_corrupt.png")]
+    assert [p for p, _ in again] == [str(folder / "img1.png"), str(folder / "zz_corrupt.png")]
+
+
+def test_skip_corrupt_images_config_reaches_the_training_data(tmp_path):
+    from jaxgan.experiment import Config
+    from jaxgan.training import make_data
+    _folder_with_corrupt_png(tmp_path / "imgs")
+    config = Config(dataset=f"folder:{tmp_path / 'imgs'}", model="dcgan", image_size=8, channels=1, batch_size=3)
+    with pytest.raises(DatasetError, match="zz_corrupt.png"):
+        make_data(config)
+    data = make_data(dataclasses.replace(config, skip_corrupt_images=True))
+    assert next(data)["x"].shape == (1, 3, 8, 8, 1)

@@ -2,6 +2,7 @@
 import io
 import json
 import math
+import os
 import struct
 
 import jax.numpy as jnp
@@ -163,6 +164,15 @@ def test_plot_losses(tmp_path):
     _assert_png(tmp_path / "only_d.png")
 
 
+def test_plot_losses_shows_wasserstein_estimate_only_when_asked(tmp_path):
+    # the train step logs wasserstein_estimate for every loss; it is a W1 estimate only for a Wasserstein critic
+    records = [{"step": s, "d/loss": 1.0, "g/loss": 2.0, "wasserstein_estimate": 0.5} for s in range(3)]
+    two = ["discriminator (d/...)", "generator (g/...)"]
+    assert jlog.plot_losses(records, tmp_path / "ns.png") == two
+    assert jlog.plot_losses(records, tmp_path / "w.png", show_wasserstein=True) == two + ["wasserstein_estimate"]
+    assert jlog.plot_losses([{"step": 0, "d/loss": 1.0}], tmp_path / "no_w.png", show_wasserstein=True) == two
+
+
 def test_plot_samples_2d(tmp_path):
     t = 2 * np.pi * np.arange(8) / 8
     means = np.stack([np.cos(t), np.sin(t)], 1)
@@ -197,3 +207,16 @@ def test_progress_line_eta():
     assert line.endswith("0.5 steps/s | ETA 0:26:30")
     assert p.format(1000, rate=2.0).endswith("ETA 0:00:00")
     assert jlog.ProgressLine(10**6).format(0, rate=1.0).endswith("ETA 277:46:40")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_atomic_writes_get_the_umask_mode_not_0600(tmp_path, umask, mode):
+    # mkstemp's 0600 would survive os.replace: TensorBoard servers and colleagues could not read the outputs
+    old = os.umask(umask)
+    try:
+        jlog.atomic_write_text(tmp_path / "a.json", "{}")
+        jlog.save_png(tmp_path / "a.png", np.zeros((2, 2), np.uint8))
+        jlog.atomic_write_text(tmp_path / "a.json", "{}")  # replacing an existing file too
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"a.json": mode, "a.png": mode}

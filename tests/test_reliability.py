@@ -280,3 +280,36 @@ def test_resume_command_drops_overwrite():
     cmd = reliability.resume_command(["launch/train.py", "--workdir=/a b", "--overwrite", "--steps=5"], cwd="/r")
     assert cmd.startswith("cd /r && ") and "--overwrite" not in cmd
     assert "'--workdir=/a b'" in cmd and cmd.endswith("launch/train.py '--workdir=/a b' --steps=5")
+
+
+def test_divergence_message_hint_depends_on_whether_a_checkpoint_exists():
+    with_checkpoint = reliability.divergence_message(7, ["d/loss"], 10, 5, "/ckpt")
+    assert with_checkpoint.endswith("; last good checkpoint: step 5 in /ckpt; rerun with --on_nan=rollback to "
+                                    "continue from it with lower learning rates (--nan_lr_factor)")
+    without = reliability.divergence_message(3, ["d/loss"], 5, None, "/ckpt")
+    assert "no checkpoint was written yet in /ckpt" in without and "continue from it" not in without
+    assert without.endswith("nothing to continue from: rerun with --on_nan=rollback to restart from step 0 with "
+                            "lower learning rates (--nan_lr_factor), or with lower --g_lr/--d_lr and --overwrite")
+    for policy in ("skip", "rollback"):  # these policies already acted; no rerun hint
+        assert "rerun" not in reliability.divergence_message(3, ["d/loss"], 5, None, "/ckpt", policy=policy)
+
+
+def test_overwrite_clears_the_previous_runs_outputs_and_keeps_unknown_files(tmp_path):
+    import dataclasses
+    config = experiment.Config(width=8, depth=1, batch_size=16, steps=4, log_every=2, sample_every=2,
+                               checkpoint_every=2, num_samples=100)
+    training.train(config, tmp_path)
+    old_events = {p.name for p in (tmp_path / "tb").iterdir()}
+    assert old_events and sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
+        "step_0000002.png", "step_0000004.png"]
+    for name in ("eval.json", "eval_step_4.json", "notes.txt", "samples/mine.png", "tb/mine.txt"):
+        (tmp_path / name).write_text("{}")
+    training.train(dataclasses.replace(config, seed=1, steps=2, sample_every=0), tmp_path, overwrite=True)
+    assert not old_events & {p.name for p in (tmp_path / "tb").iterdir()}  # TensorBoard shows only the new run
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir() if not p.name.startswith("events.")) == ["mine.txt"]
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["mine.png"]
+    assert not (tmp_path / "eval.json").exists() and not (tmp_path / "eval_step_4.json").exists()
+    assert (tmp_path / "notes.txt").exists()
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [2]
+    assert json.loads((tmp_path / "final_metrics.json").read_text())["step"] == 2
+    assert max(Checkpointer(tmp_path / "checkpoints", save_every=2).all_steps()) == 2  # not the old run's 4

@@ -23,11 +23,16 @@ what is accepted, so a launcher can print it without a traceback.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
+import hashlib
+import json
 import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from absl import logging
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -263,10 +268,92 @@ def load_image_file(path: str) -> Image.Image:
         raise DatasetError(f"cannot read image file {path!r} (corrupt or truncated?): {_first_line(e)}") from None
 
 
-def folder_source(folder: str, *, image_size: int, channels: int, crop: str) -> ImageSource:
-    """Unlabelled images from a directory tree (label -1, ``num_classes`` 0)."""
+DEFAULT_CHECK_CACHE = "~/.cache/jaxgan/image_checks"  # files already decoded once, by (size, mtime)
+_MAX_NAMED = 5  # unreadable files named in one error or warning line
+
+
+def _check_cache_file(folder: str, cache_dir: str) -> str:
+    key = hashlib.sha256(os.path.abspath(folder).encode()).hexdigest()[:20]
+    return os.path.join(os.path.expanduser(cache_dir), f"{key}.json")
+
+
+def _file_key(path: str) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def find_unreadable_images(folder: str, paths: Sequence[str], *, cache_dir: str | None = None,
+                           num_threads: int = 8) -> list[tuple[str, str]]:
+    """``[(path, reason)]`` of the files in ``paths`` that `load_image_file` cannot decode.
+
+    Every file is decoded once (PIL releases the GIL, so ``num_threads`` decode in parallel). Files that
+    decoded before with the same size and modification time are skipped: the good ones are remembered in
+    ``cache_dir`` (one JSON per folder; None: `DEFAULT_CHECK_CACHE`; '' disables it). About 0.1 ms per
+    small PNG, 1 ms per CelebA-sized JPEG, on one core.
+    """
+    cache_dir = DEFAULT_CHECK_CACHE if cache_dir is None else cache_dir
+    cache_path = _check_cache_file(folder, cache_dir) if cache_dir else None
+    known = {}
+    if cache_path:
+        try:
+            with open(cache_path) as f:
+                known = json.load(f)
+        except (OSError, ValueError):
+            known = {}
+    keys = {p: _file_key(p) for p in paths}
+    todo = [p for p in paths if known.get(p) != keys[p]]
+
+    def check(path: str) -> str | None:
+        try:
+            load_image_file(path)
+        except DatasetError as e:
+            return str(e).partition("(corrupt or truncated?): ")[2]
+        return None
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
+        reasons = dict(zip(todo, pool.map(check, todo)))
+    bad = [(p, r) for p, r in reasons.items() if r is not None]
+    if cache_path and todo:
+        good = {p: keys[p] for p in paths if reasons.get(p) is None}
+        with contextlib.suppress(OSError):  # best effort: a read-only home only costs the next run the check
+            os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+            tmp = f"{cache_path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(good, f)
+            os.replace(tmp, cache_path)
+    return sorted(bad)
+
+
+def _name_files(bad: Sequence[tuple[str, str]], with_reasons: bool) -> str:
+    named = [f"{p!r} ({r})" if with_reasons else repr(p) for p, r in bad[:_MAX_NAMED]]
+    more = f" and {len(bad) - _MAX_NAMED} more" if len(bad) > _MAX_NAMED else ""
+    return ", ".join(named) + more
+
+
+def folder_source(folder: str, *, image_size: int, channels: int, crop: str, skip_corrupt: bool = False,
+                  check_cache: str | None = None) -> ImageSource:
+    """Unlabelled images from a directory tree (label -1, ``num_classes`` 0).
+
+    Every file is decoded once when the folder is opened (`find_unreadable_images`), so a corrupt file is
+    found here, not at some step of a long run: `DatasetError` naming it, or with ``skip_corrupt``
+    (``--skip_corrupt_images``) the unreadable files are left out with one warning line listing them.
+    """
     check_image_options(image_size, channels, crop)
     paths = list_image_files(folder)
+    bad = find_unreadable_images(folder, paths, cache_dir=check_cache)
+    if bad and not skip_corrupt:
+        raise DatasetError(
+            f"image folder {folder!r}: {len(bad)} of {len(paths)} image files cannot be decoded (corrupt or "
+            f"truncated?): {_name_files(bad, True)}; fix or delete them, or pass --skip_corrupt_images to train "
+            f"on the others")
+    if bad:
+        if len(bad) == len(paths):
+            raise DatasetError(f"image folder {folder!r}: none of its {len(paths)} image files can be decoded, "
+                               f"e.g. {_name_files(bad, True)}")
+        logging.warning("--skip_corrupt_images: leaving out %d of %d image files of %r that cannot be decoded: %s",
+                        len(bad), len(paths), folder, _name_files(bad, False))
+        dropped = {p for p, _ in bad}
+        paths = [p for p in paths if p not in dropped]
 
     def transform(path: str) -> dict:
         return {"x": prepare_image(load_image_file(path), image_size, channels, crop), "label": np.int32(-1)}

@@ -90,7 +90,7 @@ class ImageIterator(Iterator[dict]):
 
 
 def open_image_source(name: str, *, split: str = "train", image_size: int, channels: int, crop: str = "center",
-                      data_dir: str | None = None) -> ImageSource:
+                      data_dir: str | None = None, skip_corrupt_images: bool = False) -> ImageSource:
     """Resolves ``name`` ("digits", "folder:PATH" or a TFDS name) to an :class:`ImageSource`."""
     images_lib.check_image_options(image_size, channels, crop)
     if not isinstance(name, str) or not name.strip():
@@ -101,7 +101,8 @@ def open_image_source(name: str, *, split: str = "train", image_size: int, chann
         folder = name[len("folder:"):]
         if not folder:
             raise DatasetError("dataset name 'folder:' has no path; use folder:PATH with a directory of images")
-        return images_lib.folder_source(folder, image_size=image_size, channels=channels, crop=crop)
+        return images_lib.folder_source(folder, image_size=image_size, channels=channels, crop=crop,
+                                        skip_corrupt=skip_corrupt_images)
     return images_lib.tfds_source(name, split=split, image_size=image_size, channels=channels, crop=crop,
                                   data_dir=data_dir)
 
@@ -121,6 +122,7 @@ def make_image_dataset(
     crop: str = "center",
     num_threads: int = 4,
     prefetch_batches: int = 4,
+    skip_corrupt_images: bool = False,
 ) -> ImageIterator:
     """Builds a deterministic, resumable, per-process-sharded iterator of image batches.
 
@@ -143,6 +145,8 @@ def make_image_dataset(
       crop: "center" (centred square crop, then resize) or "none" (resize the whole image).
       num_threads, prefetch_batches: grain read threads and prefetch buffer (in batches); they do not
         change the order of batches.
+      skip_corrupt_images: folders: leave out files that cannot be decoded (one warning line) instead of
+        raising `DatasetError` naming them; every file is decoded once when the folder is opened.
 
     Returns:
       An :class:`ImageIterator` of ``{"x": float32 [B, S, S, C] in [-1, 1], "label": int32 [B]}``.
@@ -167,7 +171,7 @@ def make_image_dataset(
 
     image_size, channels = int(image_size), int(channels)
     source = open_image_source(name, split=split, image_size=image_size, channels=channels, crop=crop,
-                               data_dir=data_dir)
+                               data_dir=data_dir, skip_corrupt_images=skip_corrupt_images)
     n = source.num_examples
     shard_size = n // process_count
     if batch_size > shard_size:

@@ -17,7 +17,6 @@ import pathlib
 import platform
 import shutil
 import subprocess
-import tempfile
 import time
 
 import jax
@@ -67,8 +66,8 @@ def _build(name: str) -> pathlib.Path:
     return target
   cache.mkdir(parents=True, exist_ok=True)
   # Build into a temporary file and rename: concurrent processes (pytest-xdist) never load a partial library.
-  fd, tmp = tempfile.mkstemp(dir=cache, suffix=".so.tmp")
-  os.close(fd)
+  # (A name the linker creates, not mkstemp's 0600 file: the library gets the umask's mode, like any output.)
+  tmp = str(cache / f".{target.name}.{os.getpid()}.{time.time_ns()}.tmp")
   try:
     start = time.perf_counter()
     proc = subprocess.run(cmd + ["-o", tmp], capture_output=True, text=True)
