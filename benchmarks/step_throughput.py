@@ -92,8 +92,9 @@ def parse_args(argv=None):
 
 def make_config(args) -> Config:
     toy = args.model == "mlp"
-    return Config(dataset="ring8" if toy else "random_images", model=args.model, image_size=args.image_size,
-                  channels=args.channels, batch_size=args.batch_size, width=args.width, loss=args.loss,
+    images = {} if toy else {"image_size": args.image_size, "channels": args.channels}  # 2D data refuses them
+    return Config(dataset="ring8" if toy else "random_images", model=args.model, **images,
+                  batch_size=args.batch_size, width=args.width, loss=args.loss,
                   penalty=args.penalty, d_normalization=args.d_normalization, n_critic=args.n_critic,
                   seed=args.seed, **({"compute_dtype": args.compute_dtype}
                                      if "compute_dtype" in Config.__dataclass_fields__ else {}))

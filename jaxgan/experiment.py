@@ -34,14 +34,18 @@ class Config:
     image_size: int = 32
     channels: int = 1
     data_dir: str = ""
+    skip_corrupt_images: bool = False  # folder:PATH: leave out undecodable files (else: an error naming them)
     # model
     model: str = "mlp"
     latent_dim: int = 0  # 0: the model's default
-    width: int = 0  # 0: the model's default (MLP hidden width, DCGAN ngf/ndf, ResNet ch)
+    width: int = 0  # 0: the model's default (MLP hidden width, DCGAN ngf/ndf, ResNet ch), for G and D
+    g_width: int = 0  # 0: --width; G's own width (SNGAN: G ch 64 -> 256 channels, D ch 32 -> 128)
+    d_width: int = 0  # 0: --width; D's own width
     depth: int = 3  # MLP hidden layers
     d_normalization: str = ""  # "": the model's default; batch_norm, layer_norm, none
     conditional: bool = False
     attention_resolution: int = 0
+    conv_impl: str = "auto"  # auto | xla | dnnl: convolutions of the image models (jaxgan.models.layers)
     # objective
     loss: str = "non_saturating"
     penalty: str = "none"
@@ -109,6 +113,7 @@ def validate(config: Config, *, device_count: int | None = None) -> None:
         if not ok:
             raise ConfigError(message)
 
+    _validate_dataset_name(config)
     check(config.loss in objectives.LOSSES, f"--loss={config.loss!r} is not one of {sorted(objectives.LOSSES)}")
     check(config.penalty in objectives.PENALTIES,
           f"--penalty={config.penalty!r} is not one of {sorted(objectives.PENALTIES)}")
@@ -138,8 +143,8 @@ def validate(config: Config, *, device_count: int | None = None) -> None:
                  "num_samples", "depth"):
         value = getattr(config, name)
         check(value >= 1, f"--{name} must be >= 1, got {value}")
-    for name in ("latent_dim", "width", "sample_every", "ema_start", "instance_noise_anneal_steps",
-                 "mixture_modes", "attention_resolution"):
+    for name in ("latent_dim", "width", "g_width", "d_width", "sample_every", "ema_start",
+                 "instance_noise_anneal_steps", "mixture_modes", "attention_resolution"):
         value = getattr(config, name)
         check(value >= 0, f"--{name} must be >= 0, got {value}")
     check(config.mesh_data >= 0, f"--mesh_data must be >= 0 (0: all devices), got {config.mesh_data}")
@@ -161,9 +166,96 @@ def validate(config: Config, *, device_count: int | None = None) -> None:
         models.validate_image_config(config)
     _validate_evaluation(config)
     _validate_reliability_and_combinations(config, device_count)
+    _validate_flags_apply(config)
+    _validate_model_size(config)
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
+
+
+def _validate_dataset_name(config: Config) -> None:
+    """--dataset: named before --model, so a typo (``--dataset=mnits`` with the default --model=mlp) blames it."""
+    from jaxgan.data.images import ACCEPTED_NAMES
+    name = config.dataset
+    if not name.strip() or name.strip() == "folder:":
+        raise ConfigError(f"--dataset={name!r} is empty; accepted: {', '.join(toy.TOY_DATASETS)} (2D) or "
+                          f"{ACCEPTED_NAMES}")
+    if not config.is_toy and config.model in TOY_MODELS:
+        raise ConfigError(f"--dataset={name!r} is not a 2D dataset ({', '.join(toy.TOY_DATASETS)}), the data of "
+                          f"--model={config.model}; for an image dataset ({ACCEPTED_NAMES}) pass --model=dcgan, "
+                          f"sngan or sagan")
+
+
+MAX_PARAMETERS = 2**28  # per network: 1 GiB of float32 weights, 3 GiB with Adam's moments
+
+
+def _validate_model_size(config: Config) -> None:
+    """Refuses --width/--latent_dim values whose networks could not be allocated (an abort, not an error).
+
+    Counted with `jax.eval_shape` (no memory), and only for widths or latent sizes beyond the usual ones.
+    """
+    from jaxgan import models
+    g_width, d_width = models.model_widths(config)
+    if max(g_width, d_width) <= 1024 and config.latent_dim <= 1024:
+        return
+    shape = (2,) if config.is_toy else (config.image_size, config.image_size, config.channels)
+    num_classes = 10 if config.conditional else 0
+    generator, discriminator = models.build_models(config, shape, num_classes)
+    latent = config.latent_dim or generator.latent_dim
+    labels = jnp.zeros((1,), jnp.int32) if num_classes else None
+    for name, net, x in (("G", generator, jnp.zeros((1, latent))), ("D", discriminator, jnp.zeros((1, *shape)))):
+        variables = jax.eval_shape(lambda n=net, x=x: n.init(jax.random.key(0), x, labels, train=False))
+        count = sum(math.prod(v.shape) for v in jax.tree.leaves(variables))
+        if count > MAX_PARAMETERS:
+            raise ConfigError(f"--width={config.width} / --latent_dim={config.latent_dim} give {config.model}'s {name} "
+                              f"{count:.3g} parameters; accepted: up to {MAX_PARAMETERS:.3g} per network")
+
+
+def inapplicable_flags(config: Config) -> dict[str, str]:
+    """{flag: what it applies to} for the fields the rest of ``config`` would ignore, whatever their values."""
+    rules = [  # (flag, it applies, to what)
+        ("penalty_weight", config.penalty != "none", "a --penalty (gradient_penalty, r1, r2, dragan), not "
+                                                     "--penalty=none"),
+        ("nan_lr_factor", config.on_nan == "rollback", f"--on_nan=rollback, not --on_nan={config.on_nan}"),
+        ("max_rollbacks", config.on_nan == "rollback", f"--on_nan=rollback, not --on_nan={config.on_nan}"),
+        ("depth", config.model == "mlp", f"--model=mlp, not --model={config.model}"),
+        ("mixture_radius", config.dataset == "ring8", f"--dataset=ring8, not --dataset={config.dataset}"),
+        ("mixture_spacing", config.dataset == "grid25", f"--dataset=grid25, not --dataset={config.dataset}"),
+        ("mixture_modes", config.dataset != "lines", "--dataset=ring8 or grid25, not --dataset=lines"),
+        ("mixture_std", config.dataset != "lines", "--dataset=ring8 or grid25, not --dataset=lines"),
+        ("image_size", not config.is_toy, f"image datasets, not the 2D --dataset={config.dataset}"),
+        ("channels", not config.is_toy, f"image datasets, not the 2D --dataset={config.dataset}"),
+        ("attention_resolution", not config.is_toy, f"--model=sagan, not the 2D --dataset={config.dataset}"),
+        ("conv_impl", not config.is_toy, f"the image models' convolutions, not the 2D --dataset={config.dataset}"),
+        ("data_dir", not config.is_toy and config.dataset != "digits" and not config.dataset.startswith("folder:"),
+         f"TFDS datasets, not --dataset={config.dataset}"),
+        ("skip_corrupt_images", config.dataset.startswith("folder:"), f"--dataset=folder:PATH, not "
+                                                                      f"--dataset={config.dataset}"),
+        ("eval_metrics", config.eval_every > 0, "evaluation during training (--eval_every > 0)"),
+        ("eval_num_samples", config.eval_every > 0, "evaluation during training (--eval_every > 0)"),
+        ("eval_inception_weights", config.eval_every > 0, "evaluation during training (--eval_every > 0)"),
+        ("b1", config.optimizer == "adam", f"--optimizer=adam (Adam's beta1; --optimizer={config.optimizer} has "
+                                          f"none)"),
+        ("b2", config.optimizer == "adam", f"--optimizer=adam (Adam's beta2; --optimizer={config.optimizer} has "
+                                          f"none)"),
+    ]
+    return {name: target for name, applies, target in rules if not applies}
+
+
+def _validate_flags_apply(config: Config) -> None:
+    """A field that differs from its default but that the rest of the config ignores is an error.
+
+    ``b1``/``b2`` are exempt here: a sweep group that switches to rmsprop or sgd inherits the base's Adam betas.
+    The launchers also refuse flags given explicitly (at any value) that do not apply, b1/b2 included
+    (`launch._common.check_explicit_flags`).
+    """
+    for name, target in inapplicable_flags(config).items():
+        if name not in ("b1", "b2") and getattr(config, name) != _DEFAULTS[name]:
+            raise ConfigError(f"--{name}={getattr(config, name)} has no effect: it applies to {target}")
+    if config.ema_decay and config.ema_start >= config.steps:
+        raise ConfigError(f"--ema_start={config.ema_start} must be < --steps={config.steps}: the EMA of G's "
+                          f"weights would never start")
 
 
 def _validate_performance(config: Config) -> None:
@@ -181,6 +273,22 @@ def _validate_performance(config: Config) -> None:
         raise ConfigError(f"--compute_dtype={config.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
     if config.compute_dtype != "float32" and config.model == "mlp":
         raise ConfigError(f"--compute_dtype={config.compute_dtype} applies to the image models, not --model=mlp")
+    _validate_conv_impl(config)
+
+
+def _validate_conv_impl(config: Config) -> None:
+    """--conv_impl: one of jaxgan.models.layers.IMPLEMENTATIONS; "dnnl" needs float32 and oneDNN here."""
+    from jaxgan import native
+    from jaxgan.models import layers, onednn
+    if config.conv_impl not in layers.IMPLEMENTATIONS:
+        raise ConfigError(f"--conv_impl={config.conv_impl!r} is not one of {', '.join(layers.IMPLEMENTATIONS)}")
+    if config.conv_impl == "dnnl" and config.compute_dtype != "float32":
+        raise ConfigError(f"--conv_impl=dnnl runs float32 convolutions only, not --compute_dtype="
+                          f"{config.compute_dtype}; use --conv_impl=auto")
+    if config.conv_impl == "dnnl" and not (jax.default_backend() == "cpu" and onednn.available()):
+        why = native.why_unavailable("onednn_conv") or "extension available"
+        raise ConfigError(f"--conv_impl=dnnl needs the cpu backend and jaxgan's oneDNN extension ("
+                          f"{jax.default_backend()}; {why}); use --conv_impl=auto or xla")
 
 
 def _validate_evaluation(config: Config) -> None:
@@ -223,8 +331,9 @@ def _validate_reliability_and_combinations(config: Config, device_count: int | N
             check(low <= value <= high, f"--{field.name}={value} is out of range; accepted: {low} to {high}")
         elif isinstance(value, float):
             check(math.isfinite(value), f"--{field.name} must be a finite number, got {value}")
-    for name, high in (("width", 2**16), ("latent_dim", 2**16), ("depth", 256), ("n_critic", 1000),
-                       ("batch_size", 2**20), ("num_samples", 10**7), ("mixture_modes", 10**6)):
+    for name, high in (("width", 2**16), ("g_width", 2**16), ("d_width", 2**16), ("latent_dim", 2**16),
+                       ("depth", 256), ("n_critic", 1000), ("batch_size", 2**20), ("num_samples", 10**7), ("mixture_modes", 10**6),
+                       ("eval_num_samples", 10**7)):
         check(getattr(config, name) <= high, f"--{name}={getattr(config, name)} is implausibly large; accepted: up to "
                                              f"{high}")
     check(not config.instance_noise_anneal_steps or config.instance_noise > 0,
@@ -255,6 +364,9 @@ def _validate_reliability_and_combinations(config: Config, device_count: int | N
 def make_optimizer(config: Config, learning_rate: float, b1: float | None = None, *,
                    updates_per_step: int = 1) -> optax.GradientTransformation:
     """The optimizer named by ``--optimizer`` with an injectable learning rate (for sweeps and rollback).
+
+    ``adam`` uses ``b1``/``b2``; ``rmsprop`` (optax's defaults: decay 0.9, no momentum, as in the WGAN paper) and
+    ``sgd`` (no momentum) take no betas: the launchers refuse ``--b1``/``--b2`` given with them.
 
     ``--lr_decay=linear`` scales the updates from 1 to 0 over ``config.steps * updates_per_step`` updates: the
     schedule counts optimizer updates, and the discriminator makes ``n_critic`` of them per training step.
@@ -334,6 +446,9 @@ def build(config: Config, *, num_classes: int | None = None, axis_name: str | No
         num_classes = 0
     else:
         data_shape = (config.image_size, config.image_size, config.channels)
+        if config.conditional and num_classes is not None and num_classes < 2:
+            raise ConfigError(f"--conditional needs a labelled dataset; --dataset={config.dataset} has "
+                              f"{num_classes} classes (a folder: dataset is unlabelled)")
         num_classes = (num_classes or 0) if config.conditional else 0
     generator, discriminator = models.build_models(config, data_shape, num_classes, axis_name=axis_name)
     if objective.has_gradient_penalty and models.discriminator_uses_batch_norm(discriminator):

@@ -16,8 +16,8 @@ slowly as the game's own sensitivity allows (~1e-7 after 50 steps of a small MLP
 
 Chunk size: on CPU, vmapping 4-16 small MLP GANs is ~1.3x faster than running them one after another, but
 32-64 at once is slower (0.55-0.7x; stacked activations leave the cache), and vmapping convolutional GANs
-turns every convolution into a grouped one, which XLA:CPU runs slowly (``notes/cpu-performance.md``, item
-4; ``benchmarks/sweep_speedup.py``). `default_chunk` encodes these measurements; pass ``chunk`` to override.
+turns every convolution into a grouped one, which XLA:CPU runs slowly (``docs/performance.md``, "Many seeds
+on CPU"; ``benchmarks/sweep_speedup.py``). `default_chunk` encodes these measurements; pass ``chunk`` to override.
 
 Several devices: with a ``mesh`` (`sweep_mesh`, ``launch/sweep.py --mesh_seed=K``) the runs of every chunk
 are split over the K devices of the mesh's ``seed`` axis (`jaxgan.parallel`): the stacked state, data keys and
@@ -63,7 +63,7 @@ GROUP_FIELDS = ("loss", "penalty", "clip_weights", "b1", "b2", "optimizer", "lr_
 # Extra fields a --losses entry may set for its group (they change shapes, which is fine per group).
 GROUP_ONLY_FIELDS = ("n_critic",)
 # Fields that change array shapes or the data: never swept inside one program.
-SHAPE_FIELDS = ("batch_size", "n_critic", "width", "depth", "latent_dim", "model", "dataset", "image_size",
+SHAPE_FIELDS = ("batch_size", "n_critic", "width", "g_width", "d_width", "depth", "latent_dim", "model", "dataset", "image_size",
                 "channels", "mixture_modes", "mixture_radius", "mixture_std", "mixture_spacing", "num_samples",
                 "d_normalization", "conditional", "attention_resolution")
 _STR_FIELDS = ("loss", "penalty", "optimizer", "lr_decay")
@@ -270,7 +270,7 @@ def _program_hparams(config: Config) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------- chunks
 
 def default_chunk(platform: str, model: str, runs: int) -> int:
-    """Runs vmapped together, from measurements (``benchmarks/sweep_speedup.py``, notes/cpu-performance.md).
+    """Runs vmapped together, from measurements (``benchmarks/sweep_speedup.py``, ``docs/performance.md``).
 
     CPU: 8 for MLP GANs (1.3-1.4x over sequential at 4-16, 0.55-0.7x at 32-64); 1 for convolutional GANs
     (vmapped convolutions become grouped convolutions, 0.2-0.8x). Accelerators: all runs for MLPs (a 64-run
@@ -739,7 +739,8 @@ def write_outputs(workdir: str | os.PathLike, results: Sequence[GroupResult], st
                   *, max_panels: int = 16) -> list[dict]:
     """Writes results.json, samples.npy, report.md, curves.png and sample plots; returns the records."""
     from jaxgan import logging as log_lib
-    workdir = pathlib.Path(workdir)
+    from jaxgan.workdir import check_path
+    workdir = check_path(workdir)  # an empty path ('' is the current directory) is refused
     workdir.mkdir(parents=True, exist_ok=True)
     records = results_records(results)
     payload = {"study": dict(study), "runs": records}

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import sys
 from typing import Callable
 
@@ -16,20 +18,33 @@ HELP = {
     "mixture_spacing": "grid spacing (0: 2.0)",
     "image_size": "image height = width", "channels": "image channels (1 or 3)",
     "data_dir": "TFDS data directory (datasets prepared with `tfds build`)",
+    "skip_corrupt_images": "folder:PATH datasets: leave out image files that cannot be decoded, with one warning "
+                           "line listing them (default: refuse the run, naming them; files are checked at open)",
     "model": "mlp (2D data), dcgan, sngan, sagan", "latent_dim": "size of z (0: the model's default)",
-    "width": "MLP hidden width / DCGAN ngf=ndf / ResNet ch (0: default)", "depth": "MLP hidden layers",
+    "width": "MLP hidden width / DCGAN ngf=ndf / ResNet ch, for G and D (0: the model's default)",
+    "g_width": "G's width where it differs from D's (0: --width); e.g. SNGAN on CIFAR-10: --g_width=64 (ResNet G "
+               "with 256 channels) --d_width=32 (D with 128)",
+    "d_width": "D's width where it differs from G's (0: --width)",
+    "depth": "MLP hidden layers",
     "d_normalization": "DCGAN D normalisation: batch_norm (default), layer_norm, none (WGAN-GP critic)",
     "conditional": "class-conditional G and D (labelled datasets)",
     "attention_resolution": "SAGAN self-attention resolution (0: default)",
+    "conv_impl": "convolution implementation of the image models: auto (oneDNN on cpu where it can run, else the "
+                 "fastest XLA formulation per pass), xla (plain XLA convolutions), dnnl (oneDNN, cpu float32 only)",
     "loss": "non_saturating, minimax, least_squares, wasserstein, hinge, relativistic, kl, reverse_kl, pearson, "
             "hellinger, js",
     "penalty": "none, gradient_penalty, r1, r2, dragan", "penalty_weight": "weight of --penalty",
-    "label_smoothing": "one-sided label smoothing of the real labels (JSD losses)",
+    "label_smoothing": "s in [0, 1): D's target for real examples becomes 1 - s/2 (TF-GAN's smoothing, "
+                       "labels*(1-s) + s/2; fake targets stay 0, G's loss is unchanged; JSD losses). Salimans et "
+                       "al.'s one-sided target 0.9 is s=0.2",
     "clip_weights": "clip D's weights to [-c, c] after each update (original WGAN; 0: off)",
     "instance_noise": "std of Gaussian noise added to D's inputs (0: off)",
     "instance_noise_anneal_steps": "anneal the instance noise linearly to 0 over this many steps (0: constant)",
-    "optimizer": "adam, rmsprop, sgd", "g_lr": "generator learning rate", "d_lr": "discriminator learning rate",
-    "b1": "Adam beta1", "b2": "Adam beta2", "lr_decay": "none, linear (to 0 at --steps)",
+    "optimizer": "adam (--b1, --b2), rmsprop (optax defaults: decay 0.9, no momentum), sgd (no momentum)",
+    "g_lr": "generator learning rate", "d_lr": "discriminator learning rate",
+    "b1": "Adam beta1 (--optimizer=adam only: rmsprop and sgd refuse it)",
+    "b2": "Adam beta2 (--optimizer=adam only: rmsprop and sgd refuse it)",
+    "lr_decay": "none, linear (to 0 at --steps)",
     "n_critic": "D updates per G update", "batch_size": "global batch size (per D update)",
     "steps": "G updates to train for", "seed": "seed of init, latents and data order",
     "ema_decay": "EMA decay of G's weights (0: off)", "ema_start": "step at which the EMA starts",
@@ -49,6 +64,9 @@ HELP = {
     "eval_inception_weights": "converted FID Inception .npz for --eval_every on non-digits data "
                               "(python -m jaxgan.metrics.features convert IN.pth OUT.npz)",
 }
+
+
+EXIT_IO_ERROR = 74  # the disk filled up, or the workdir became read-only/unwritable (sysexits EX_IOERR)
 
 
 def define_config_flags(config_cls) -> None:
@@ -85,6 +103,10 @@ def parse_flags_one_line(argv: list[str]) -> list[str]:
         return flags.FLAGS(argv)
     except flags.Error as e:
         message = " ".join(str(e).split()).removeprefix("ERROR:: ")
+        missing = re.fullmatch(r"flag --(\w+)=None: Flag --\1 must have a value other than None\.", message)
+        if missing:  # a required flag (absl's validator message names it twice)
+            name = missing.group(1)
+            message = f"--{name} is required: {flags.FLAGS[name].help}"
         if isinstance(e, flags.CantOpenFlagFileError):
             message = f"--flagfile: {message}"
         print(f"error: {message} (--helpfull lists the flags)", file=sys.stderr)
@@ -93,7 +115,12 @@ def parse_flags_one_line(argv: list[str]) -> list[str]:
 
 def run_with_clean_errors(main: Callable[[], int | None], user_errors: tuple[type[BaseException], ...],
                           exit_codes: dict[type[BaseException], int] | None = None) -> int:
-    """Runs ``main``; a user error becomes one line on stderr and an exit code, not a traceback."""
+    """Runs ``main``; a user error becomes one line on stderr and an exit code, not a traceback.
+
+    A full disk, a read-only file system or a permission error (``OSError``, or an orbax/TensorStore error
+    carrying one) also becomes one line, exit code `EXIT_IO_ERROR` (`jaxgan.workdir.describe_io_error`)."""
+    from jaxgan import workdir as workdir_lib
+    workdir_lib.quiet_io_errors()
     exit_codes = exit_codes or {}
     try:
         return main() or 0
@@ -104,6 +131,86 @@ def run_with_clean_errors(main: Callable[[], int | None], user_errors: tuple[typ
             if isinstance(e, cls):
                 return code
         return 2
+    except Exception as e:
+        if workdir_lib.describe_io_error(e) is None:
+            raise
+        workdir_lib.report_io_error(e)
+        return EXIT_IO_ERROR
+
+
+def given_flags() -> set[str]:
+    """Names of the flags given on the command line or in a flagfile (absl's ``present``)."""
+    return {name for name in flags.FLAGS if flags.FLAGS[name].present}
+
+
+def check_explicit_flags(config, given: set[str]) -> None:
+    """Refuses a Config flag in ``given`` (`given_flags`) that ``config`` would ignore, whatever its value.
+
+    `jaxgan.experiment.validate` refuses such fields when they differ from their defaults; this also catches
+    ``--optimizer=sgd --b1=0.5`` (the default value, given explicitly), and ``--b1``/``--b2`` in general, which
+    validate leaves to the launchers (sweep groups may switch optimizer and inherit the base's Adam betas).
+    """
+    from jaxgan.experiment import ConfigError, inapplicable_flags
+    for name, target in inapplicable_flags(config).items():
+        if name in given:
+            raise ConfigError(f"--{name}={getattr(config, name)} has no effect: it applies to {target}")
+
+
+def check_sweep_flags_apply(base, groups, given: set[str]) -> None:
+    """No flag silently dropped by a sweep: a Config flag in ``given`` must apply to some group, and a value a
+    group sets itself (``--losses=...+b1=0.9``, ``--sweep=b2:...``) must apply to that group."""
+    from jaxgan.experiment import ConfigError, inapplicable_flags
+    ignored = [inapplicable_flags(g.config) for g in groups]
+    for name in sorted(given & set(ignored[0])):
+        if all(name in i for i in ignored):
+            raise ConfigError(f"--{name}={getattr(base, name)} has no effect: it applies to {ignored[0][name]}")
+    for g, ignore in zip(groups, ignored):
+        for name, target in ignore.items():
+            if getattr(g.config, name) != getattr(base, name):
+                raise ConfigError(f"group {g.name}: {name}={getattr(g.config, name)} has no effect: it applies to "
+                                  f"{target}")
+
+
+def check_int(name: str, value: int, low: int, high: int, note: str = "") -> None:
+    """Raises ConfigError unless ``low <= value <= high`` for the flag ``--name``."""
+    from jaxgan.experiment import ConfigError
+    if not low <= value <= high:
+        raise ConfigError(f"--{name}={value} is out of range; accepted: {low} to {high}{note}")
+
+
+def check_positive_float(name: str, value: float | None) -> None:
+    from jaxgan.experiment import ConfigError
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"--{name} must be a finite number > 0, got {value}")
+
+
+def check_writable(name: str, path, *, directory: bool = False) -> None:
+    """Raises ConfigError if ``--name=path`` cannot be written (as a file, or a directory made on demand).
+
+    Checks without creating anything: the path is not the wrong kind of entry and its nearest existing ancestor
+    is a writable directory.
+    """
+    from jaxgan.experiment import ConfigError
+    text = os.fspath(path)
+    if not text.strip():
+        raise ConfigError(f"--{name} must not be empty")
+    path = os.path.abspath(os.path.expanduser(text))
+    if os.path.exists(path):
+        if directory and not os.path.isdir(path):
+            raise ConfigError(f"--{name}={text} exists and is not a directory")
+        if not directory and os.path.isdir(path):
+            raise ConfigError(f"--{name}={text} is a directory; expected a file path")
+        if not os.access(path if directory else os.path.dirname(path), os.W_OK | os.X_OK) or \
+                (not directory and not os.access(path, os.W_OK)):
+            raise ConfigError(f"--{name}={text} is not writable")
+        return
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--{name}={text} cannot be created: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--{name}={text} cannot be created: {parent} is not writable")
 
 
 def read_flagfile(path, config_cls) -> dict:

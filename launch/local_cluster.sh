@@ -3,6 +3,7 @@
 #
 #   launch/local_cluster.sh N [train.py flags...]
 #   e.g. JAXGAN_LOCAL_DEVICES=2 launch/local_cluster.sh 2 --dataset=ring8 --steps=200 --workdir=/tmp/mh
+#   (pass a short --steps to try it: train.py's default is 10,000 steps, ~15 min for 2 processes on 2 cores)
 #
 # Process i gets --coordinator_address=localhost:PORT (a free port; process 0 hosts the coordinator)
 # --num_processes=N --process_id=i. Each process sees JAXGAN_LOCAL_DEVICES simulated CPU devices (default 1;

@@ -25,6 +25,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 
+from jaxgan import interrupts  # noqa: E402  (imports no JAX)
+
+STOP = interrupts.install()  # before JAX loads: Ctrl-C stops cleanly (jaxgan.interrupts)
+
 from jaxgan.experiment import Config, ConfigError  # noqa: E402
 from launch import _common  # noqa: E402
 
@@ -44,24 +48,47 @@ flags.DEFINE_string("jax_cache_dir", "~/.cache/jaxgan/jax", "persistent compilat
 FLAGS = flags.FLAGS
 
 
+def check_launcher_flags() -> None:
+    """The sweep's own flags (`ConfigError`); the Config fields are `jaxgan.experiment.validate`'s."""
+    _common.check_int("seeds", FLAGS.seeds, 1, 10**5)
+    _common.check_int("chunk", FLAGS.chunk, 0, 10**5, " (0: the measured default)")
+    _common.check_int("trials", FLAGS.trials, 0, 10**5)
+    _common.check_int("search_seed", FLAGS.search_seed, 0, 2**32 - 1)
+    _common.check_int("eval_samples", FLAGS.eval_samples, 0, 10**7, " (0: --num_samples)")
+    _common.check_int("w1_samples", FLAGS.w1_samples, 0, 5000, " (exact optimal transport, cubic in the samples; "
+                                                               "0: off)")
+    for name in ("trials", "search_seed"):
+        if FLAGS[name].present and FLAGS.search != "random":
+            raise ConfigError(f"--{name} has no effect: it applies to --search=random, not --search={FLAGS.search}")
+    _common.check_writable("workdir", FLAGS.workdir, directory=True)
+
+
+def check_flags_apply(base, groups) -> None:
+    """Config flags that no group uses (`_common.check_sweep_flags_apply`), and --w1_samples on image data."""
+    _common.check_sweep_flags_apply(base, groups, _common.given_flags())
+    if FLAGS["w1_samples"].present and not base.is_toy:
+        raise ConfigError(f"--w1_samples has no effect: it applies to the 2D datasets, not --dataset={base.dataset}")
+
+
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        print(f"error: unexpected arguments {argv[1:]}; flags are written --name=value", file=sys.stderr)
+        return 2
     _common.quiet_library_logs()
     from jaxgan.data.images import DatasetError
     from jaxgan import sweep
+    from jaxgan import workdir as workdir_lib
 
     def run():
         import dataclasses
         import jax
         config = _common.config_from_flags(Config)
-        if FLAGS.seeds < 1:
-            raise sweep.SweepError(f"--seeds must be >= 1, got {FLAGS.seeds}")
-        if FLAGS.chunk < 0:
-            raise sweep.SweepError(f"--chunk must be >= 0, got {FLAGS.chunk}")
+        workdir_lib.check_path(FLAGS.workdir)  # an empty --workdir is refused before anything runs
+        check_launcher_flags()
         parsed = [sweep.parse_sweep_flag(s) for s in FLAGS.sweep]
         groups = sweep.plan(config, seeds=FLAGS.seeds, sweep=parsed, groups=FLAGS.losses, search=FLAGS.search,
                             trials=FLAGS.trials, search_seed=FLAGS.search_seed)
+        check_flags_apply(config, groups)
         sweep.check_chunk(FLAGS.chunk, config.mesh_seed)
         mesh = sweep.sweep_mesh(config)  # None for --mesh_seed=1
         _common.enable_compile_cache(FLAGS.jax_cache_dir)
@@ -72,20 +99,23 @@ def main(argv):
         total = sum(len(g.runs) for g in groups)
         logging.info("%d groups, %d runs, %d steps each", len(groups), total, config.steps)
         per_call = config.steps_per_call if config.steps_per_call > 1 else 0  # 0: up to the next evaluation
-        results = sweep.run_study(groups, chunk=FLAGS.chunk or None, steps_per_call=per_call,
-                                  eval_samples=FLAGS.eval_samples, w1_samples=FLAGS.w1_samples if config.is_toy else 0,
-                                  classifier_params=classifier_params, mesh=mesh,
-                                  log=lambda s: logging.info("%s", s))
-        study = {"command": " ".join(["launch/sweep.py"] + sys.argv[1:]), "base": dataclasses.asdict(config),
-                 "seeds": FLAGS.seeds, "steps": config.steps, "sweep": FLAGS.sweep, "losses": FLAGS.losses,
-                 "search": FLAGS.search, "platform": jax.default_backend()}
-        records = sweep.write_outputs(FLAGS.workdir, results, study)
+        with workdir_lib.hold(FLAGS.workdir):  # one writer per workdir: a second sweep is refused before it runs
+            results = sweep.run_study(groups, chunk=FLAGS.chunk or None, steps_per_call=per_call,
+                                      eval_samples=FLAGS.eval_samples,
+                                      w1_samples=FLAGS.w1_samples if config.is_toy else 0,
+                                      classifier_params=classifier_params, mesh=mesh,
+                                      log=lambda s: logging.info("%s", s))
+            study = {"command": " ".join(["launch/sweep.py"] + sys.argv[1:]), "base": dataclasses.asdict(config),
+                     "seeds": FLAGS.seeds, "steps": config.steps, "sweep": FLAGS.sweep, "losses": FLAGS.losses,
+                     "search": FLAGS.search, "platform": jax.default_backend()}
+            records = sweep.write_outputs(FLAGS.workdir, results, study)
         logging.info("%d runs, %d diverged; report: %s", len(records), sum(r["diverged"] for r in records),
                      os.path.join(FLAGS.workdir, "report.md"))
         print(open(os.path.join(FLAGS.workdir, "report.md")).read())
 
-    return _common.run_with_clean_errors(run, (ConfigError, DatasetError))
+    return interrupts.run_or_stop_at_once(lambda: _common.run_with_clean_errors(run, (ConfigError, DatasetError)), STOP,
+                                          "interrupted; stopped at once (a sweep writes its results at the end)")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_common.parse_flags_one_line)
