@@ -15,7 +15,9 @@ Deliberate differences from TF-GAN:
 
 * ``label_smoothing`` defaults to 0.0 everywhere (TF-GAN smooths the real labels of the minimax and
   modified discriminator losses by 0.25 by default, a common surprise). Pass ``label_smoothing=0.25``
-  for TF-GAN's numbers.
+  for TF-GAN's numbers. The smoothing is TF-GAN's (``tf.losses.sigmoid_cross_entropy``): a target y becomes
+  ``y * (1 - s) + s / 2``, so a real target of 1 becomes ``1 - s/2`` (0.875 for s = 0.25), not the ``1 - s``
+  of Salimans et al. (2016)'s one-sided smoothing; their target 0.9 is ``label_smoothing=0.2``.
 * ``minimax_generator_loss`` returns ``mean(log(1 - sigmoid(fake)))`` (the generator's part of the
   minimax value function). TF-GAN computes it as ``-minimax_discriminator_loss(ones, fake)``, which adds
   the constant ``-softplus(-1)`` evaluated with the smoothed label (``-0.31326`` for no smoothing) times the
@@ -80,7 +82,8 @@ def minimax_discriminator_loss(discriminator_real_outputs, discriminator_gen_out
                                real_weights=1.0, generated_weights=1.0, reduction="sum_by_nonzero_weights"):
     """Original GAN discriminator loss: -log(D(x)) - log(1 - D(G(z))) on logits.
 
-    ``label_smoothing`` smooths the real labels (one-sided, Salimans et al. 2016). Returns a scalar.
+    ``label_smoothing`` s replaces the real examples' target 1 by ``1 - s/2`` (TF-GAN's formula, see the module
+    docstring); the generated examples' target stays 0 (one-sided). Returns a scalar.
     """
     real = jnp.asarray(discriminator_real_outputs, jnp.float32)
     gen = jnp.asarray(discriminator_gen_outputs, jnp.float32)
@@ -113,7 +116,8 @@ def modified_discriminator_loss(discriminator_real_outputs, discriminator_gen_ou
 
 def modified_generator_loss(discriminator_gen_outputs, *, label_smoothing=0.0, weights=1.0,
                             reduction="sum_by_nonzero_weights"):
-    """Non-saturating generator loss: -log(D(G(z))) = softplus(-logits)."""
+    """Non-saturating generator loss: -log(D(G(z))) = softplus(-logits); with ``label_smoothing`` s (as in
+    TF-GAN) the target is ``1 - s/2`` instead of 1 (`jaxgan.objectives` does not smooth G's target)."""
     gen = jnp.asarray(discriminator_gen_outputs, jnp.float32)
     return reduce_weighted(_sigmoid_cross_entropy(jnp.ones_like(gen), gen, label_smoothing), weights, reduction)
 
@@ -205,12 +209,14 @@ def acgan_discriminator_loss(discriminator_real_classification_logits, discrimin
                              reduction="sum_by_nonzero_weights"):
     """ACGAN auxiliary-classifier loss for D: softmax cross entropy on real and on generated examples.
 
-    Logits are ``[B, ..., K]``, ``one_hot_labels`` the same shape (float or int).
+    Logits are ``[B, ..., K]``, ``one_hot_labels`` the same shape (float or int). As in TF-GAN,
+    ``label_smoothing`` applies to the real term only (targets ``(1 - s) * onehot + s / K``); the generated
+    term uses the plain labels.
     """
     labels = jnp.asarray(one_hot_labels, jnp.float32)
     real = jnp.asarray(discriminator_real_classification_logits, jnp.float32)
     gen = jnp.asarray(discriminator_gen_classification_logits, jnp.float32)
-    return (reduce_weighted(_softmax_cross_entropy(labels, gen, label_smoothing), generated_weights, reduction)
+    return (reduce_weighted(_softmax_cross_entropy(labels, gen, 0.0), generated_weights, reduction)
             + reduce_weighted(_softmax_cross_entropy(labels, real, label_smoothing), real_weights, reduction))
 
 

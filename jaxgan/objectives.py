@@ -25,14 +25,25 @@ from jaxgan import losses, penalties
 
 
 class TermInputs(NamedTuple):
-    """What a term may look at. Shapes: outputs [B] (or [B, ...]), data [B, ...]."""
+    """What a term may look at. Shapes: outputs [B] (or [B, ...]), data [B, ...], labels [B] int32.
+
+    ``d_fn(x, labels)`` runs D with the current parameters and no state updates; ``labels`` are the class
+    labels of the examples in ``x`` (None for unconditional models). A term passes the labels of the batch it
+    evaluates D on: ``real_labels`` for real data, ``fake_labels`` for generated data (`penalty_labels`).
+    """
     real_outputs: jax.Array | None  # D(real); for G terms only when `Objective.g_needs_real`
     fake_outputs: jax.Array  # D(G(z))
     real: jax.Array  # the real batch as D saw it (after instance noise)
     fake: jax.Array  # the generated batch as D saw it
-    d_fn: Callable[[jax.Array], jax.Array]  # x -> D(x) with the current D parameters, no state updates
+    d_fn: Callable[[jax.Array, jax.Array | None], jax.Array]  # (x, labels) -> D(x)
     key: jax.Array  # a fresh key for this term's randomness
     hparams: Mapping[str, jax.Array]
+    real_labels: jax.Array | None = None  # [B] labels of `real` (conditional models)
+    fake_labels: jax.Array | None = None  # [B] labels G was given for `fake`
+
+    def d_on(self, labels: jax.Array | None) -> Callable[[jax.Array], jax.Array]:
+        """The closure ``x -> D(x, labels)`` that `jaxgan.penalties` takes."""
+        return lambda x: self.d_fn(x, labels)
 
 
 TermFn = Callable[[TermInputs], jax.Array]
@@ -46,6 +57,7 @@ class Term:
     weight: float = 1.0
     weight_hparam: str | None = None  # if set, the weight is multiplied by hparams[weight_hparam]
     needs_real: bool = False  # a G term that needs D(real)
+    needs_input_gradients: bool = False  # per-example input gradients of D (refused with BatchNorm in D)
 
     def weight_value(self, hparams: Mapping[str, Any]):
         if self.weight_hparam is None:
@@ -99,7 +111,7 @@ class Objective:
 
     @property
     def has_gradient_penalty(self) -> bool:
-        return any(t.name in PENALTY_TERM_NAMES for t in self.d_terms)
+        return any(t.needs_input_gradients for t in self.d_terms)
 
     def evaluate(self, player: str, inputs: TermInputs) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Weighted total of ``player``'s terms and each term's unweighted value (for the metrics)."""
@@ -121,7 +133,11 @@ def _loss_objective(d_fn: TermFn, g_fn: TermFn, hparams=None, g_needs_real=False
   # ----------------------------------------------------------------------------- named losses
 
 def non_saturating(label_smoothing: float = 0.0) -> Objective:
-    """The JSD game with the non-saturating G loss -log D(G(z)) (Goodfellow et al. 2014, section 3)."""
+    """The JSD game with the non-saturating G loss -log D(G(z)) (Goodfellow et al. 2014, section 3).
+
+    ``label_smoothing`` s (hparam): D's target for real examples is ``1 - s/2`` (TF-GAN's smoothing,
+    `jaxgan.losses`); fake targets and G's loss are not smoothed.
+    """
     return _loss_objective(
         lambda t: losses.modified_discriminator_loss(t.real_outputs, t.fake_outputs,
                                                      label_smoothing=t.hparams["label_smoothing"]),
@@ -130,7 +146,10 @@ def non_saturating(label_smoothing: float = 0.0) -> Objective:
 
 
 def minimax(label_smoothing: float = 0.0) -> Objective:
-    """The original minimax JSD game: G minimises log(1 - D(G(z))), which saturates when D wins."""
+    """The original minimax JSD game: G minimises log(1 - D(G(z))), which saturates when D wins.
+
+    ``label_smoothing`` s (hparam): D's target for real examples is ``1 - s/2``, as in `non_saturating`.
+    """
     return _loss_objective(
         lambda t: losses.minimax_discriminator_loss(t.real_outputs, t.fake_outputs,
                                                     label_smoothing=t.hparams["label_smoothing"]),
@@ -177,29 +196,36 @@ def f_gan(divergence: str) -> Objective:
 
   # ----------------------------------------------------------------------------- penalties as D terms
 
+# Labels of a conditional D in the penalties: R1 and DRAGAN evaluate D at (perturbed) real examples with their
+# own labels, R2 at generated examples with the labels G was given. WGAN-GP's interpolate between real example i
+# and fake example i takes real example i's label (as StudioGAN and the BigGAN-PyTorch code do): the penalty then
+# constrains D's slope along the line towards the real example, for that example's class.
+
 def gradient_penalty(target: float = 1.0, one_sided: bool = False, epsilon: float = 1e-10) -> Objective:
-    """WGAN-GP term on interpolates between real and fake; weight it with ``*`` (10 in the paper)."""
+    """WGAN-GP term on interpolates between real and fake (real labels); weight it with ``*`` (10 in the paper)."""
     return Objective((Term("gradient_penalty", "d", lambda t: penalties.gradient_penalty(
-        t.d_fn, t.real, t.fake, t.key, target=target, one_sided=one_sided, epsilon=epsilon)),))
+        t.d_on(t.real_labels), t.real, t.fake, t.key, target=target, one_sided=one_sided, epsilon=epsilon),
+        needs_input_gradients=True),))
 
 
 def r1() -> Objective:
     """R1 term E||grad D(real)||^2; Mescheder et al.'s gamma corresponds to the weight gamma / 2."""
-    return Objective((Term("r1", "d", lambda t: penalties.r1_penalty(t.d_fn, t.real)),))
+    return Objective((Term("r1", "d", lambda t: penalties.r1_penalty(t.d_on(t.real_labels), t.real),
+                           needs_input_gradients=True),))
 
 
 def r2() -> Objective:
-    """R2 term E||grad D(fake)||^2."""
-    return Objective((Term("r2", "d", lambda t: penalties.r2_penalty(t.d_fn, t.fake)),))
+    """R2 term E||grad D(fake)||^2, D given the labels G was given for the fakes."""
+    return Objective((Term("r2", "d", lambda t: penalties.r2_penalty(t.d_on(t.fake_labels), t.fake),
+                           needs_input_gradients=True),))
 
 
 def dragan(target: float = 1.0, perturbation: float = 0.5) -> Objective:
-    """DRAGAN term on perturbed real data (Kodali et al. 2017)."""
+    """DRAGAN term on perturbed real data (Kodali et al. 2017), real labels."""
     return Objective((Term("dragan", "d", lambda t: penalties.dragan_penalty(
-        t.d_fn, t.real, t.key, target=target, perturbation=perturbation)),))
+        t.d_on(t.real_labels), t.real, t.key, target=target, perturbation=perturbation),
+        needs_input_gradients=True),))
 
-
-PENALTY_TERM_NAMES = ("gradient_penalty", "r1", "r2", "dragan")
 
 LOSSES: dict[str, Callable[[], Objective]] = {
     "non_saturating": non_saturating,

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxgan import penalties
+from jaxgan.models.sampling import truncated_normal_latents
 from jaxgan.objectives import Objective, TermInputs
 from jaxgan.state import GANState, PlayerState, has_batch_norm
 
@@ -131,10 +132,11 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module, objective: O
                 real_out, new_state = _apply(discriminator, d_params, d_state, real, real_labels, True)
                 fake_out, new_state = _apply(discriminator, d_params, new_state, fake, fake_labels, True)
 
-            def d_fn(x):  # penalties: inference mode, float32; labels follow the batch they are evaluated on
-                return _apply(penalty_discriminator, d_params, new_state, x, real_labels, False)[0]
+            def d_fn(x, labels):  # penalties: inference mode, float32; the terms pass the labels of x
+                return _apply(penalty_discriminator, d_params, new_state, x, labels, False)[0]
 
-            inputs = TermInputs(real_out, fake_out, real, fake, d_fn, k_terms, state.hparams)
+            inputs = TermInputs(real_out, fake_out, real, fake, d_fn, k_terms, state.hparams, real_labels,
+                                fake_labels)
             total, values = objective.evaluate("d", inputs)
             return total, (values, new_state, real_out, fake_out)
 
@@ -168,10 +170,11 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module, objective: O
             if objective.g_needs_real:
                 real_out, _ = _apply(discriminator, d.params, d.model_state, real, real_labels, True)
 
-            def d_fn(x):
-                return _apply(penalty_discriminator, d.params, d.model_state, x, fake_labels, False)[0]
+            def d_fn(x, labels):
+                return _apply(penalty_discriminator, d.params, d.model_state, x, labels, False)[0]
 
-            inputs = TermInputs(real_out, fake_out, real, noisy_fake, d_fn, k_terms, state.hparams)
+            inputs = TermInputs(real_out, fake_out, real, noisy_fake, d_fn, k_terms, state.hparams, real_labels,
+                                fake_labels)
             total, values = objective.evaluate("g", inputs)
             return total, (values, g_state)
 
@@ -188,6 +191,11 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module, objective: O
         labels = batch.get("label")
         if x.shape[0] != n_critic:
             raise ValueError(f"batch['x'] must have leading axis n_critic={n_critic}, got shape {x.shape}")
+        missing = sorted(set(objective.hparams) - set(state.hparams))
+        if missing:  # else a bare KeyError deep inside a term
+            raise ValueError(f"state.hparams lacks {missing}, which the objective reads; initialise the state with "
+                             f"init_gan_state(..., hparams={{**objective.hparams, ...}}) (objective.hparams holds "
+                             f"their defaults: {dict(objective.hparams)})")
         if objective.has_gradient_penalty and has_batch_norm(state.d.model_state):
             raise ValueError("a gradient penalty needs per-example input gradients, but D uses BatchNorm, which couples "
                              "the examples of a batch; use a D with normalization 'layer_norm' or 'none'")
@@ -269,14 +277,12 @@ def sample(generator: nn.Module, params, model_state, key: jax.Array, num: int, 
            num_classes: int = 0, truncation: float | None = None) -> jax.Array:
     """Generator samples in data space, BatchNorm in inference mode: [num, ...] float32.
 
-    Latents are N(0, I), or a truncated normal on [-truncation, truncation] (resampled, not clipped) when
-    ``truncation`` is given. Labels default to uniform random classes for conditional models.
+    Latents are N(0, I), or with ``truncation`` BigGAN's truncation trick
+    (`jaxgan.models.sampling.truncated_normal_latents`: resampled into [-truncation, truncation], not clipped).
+    Labels default to uniform random classes for conditional models.
     """
     k_z, k_y = jax.random.split(key)
-    if truncation is None:
-        z = jax.random.normal(k_z, (num, generator.latent_dim), jnp.float32)
-    else:
-        z = jax.random.truncated_normal(k_z, -truncation, truncation, (num, generator.latent_dim), jnp.float32)
+    z = truncated_normal_latents(k_z, (num, generator.latent_dim), truncation)
     if num_classes and labels is None:
         labels = jax.random.randint(k_y, (num,), 0, num_classes)
     return _apply(generator, params, model_state, z, labels, train=False)[0]

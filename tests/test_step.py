@@ -179,3 +179,46 @@ def test_linear_lr_decay_spans_all_steps_for_both_players_with_n_critic():
     g_schedule = optax.linear_schedule(1.0, 0.0, steps)
     for t in range(steps + 1):  # the scale at the start of step t is the same for both players
         assert float(d_schedule(n_critic * t)) == pytest.approx(float(g_schedule(t)))
+
+
+class _ClassMeans(__import__("flax").linen.Module):
+    """G(z, y) = mu[y] exactly (z is ignored); D(x, y) = 0.5 ||x - mu[y]||^2, so grad_x D = x - mu[y]."""
+    means: tuple
+    latent_dim: int = 2
+    discriminator: bool = False
+
+    @__import__("flax").linen.compact
+    def __call__(self, inputs, labels=None, *, train=False):
+        scale = self.param("scale", lambda k: jnp.ones(()))  # a parameter, so both players have something to train
+        mu = jnp.asarray(self.means)[labels]
+        if self.discriminator:
+            return 0.5 * scale * jnp.sum(jnp.square(inputs - mu), axis=-1)
+        return mu + 0.0 * scale * inputs[:, :1]
+
+
+@pytest.mark.parametrize("penalty", ["r1", "r2"])
+def test_conditional_penalties_see_the_labels_of_the_batch_they_evaluate(penalty):
+    """R1 on reals takes the real labels, R2 on fakes the labels G was given: at x = mu[y] the gradient of
+    D(., y) vanishes, so with the right labels both penalties are exactly 0 (R2 with the real batch's labels,
+    the old behaviour, gives mean ||mu[y_fake] - mu[y_real]||^2 > 0)."""
+    means = ((0.0, 0.0), (3.0, 4.0), (-3.0, 4.0), (6.0, -8.0))
+    gen, disc = _ClassMeans(means), _ClassMeans(means, discriminator=True)
+    objective = objectives.wasserstein() + objectives.PENALTIES[penalty]()
+    opt = optax.sgd(0.0)
+    state = init_gan_state(jax.random.key(0), gen, disc, opt, opt, data_shape=(2,), num_classes=4)
+    step = jax.jit(make_train_step(gen, disc, objective, opt, opt, num_classes=4))
+    labels = jnp.zeros((1, 64), jnp.int32)  # every real example is class 0 ...
+    x = jnp.broadcast_to(jnp.asarray(means[0]), (1, 64, 2))  # ... and sits at its class mean
+    _, m = step(state, {"x": x, "label": labels})
+    assert float(m[f"d/{penalty}"]) == 0.0
+    # the closure does use the labels it is given: real data under class-3 labels has gradient norm^2 100
+    _, m = step(state, {"x": x, "label": labels + 3})
+    assert float(m[f"d/{penalty}"]) == (100.0 if penalty == "r1" else 0.0)
+
+
+def test_a_state_without_the_objectives_hparams_is_refused_at_trace_time_with_what_to_pass():
+    exp = experiment.build(dataclasses.replace(SMALL, penalty="r1", penalty_weight=1.0))
+    state = init_gan_state(jax.random.key(0), exp.generator, exp.discriminator, exp.g_optimizer, exp.d_optimizer,
+                           data_shape=exp.data_shape)  # no hparams: the objective reads two of them
+    with pytest.raises(ValueError, match=r"lacks \['label_smoothing', 'penalty_weight'\].*objective\.hparams"):
+        jax.eval_shape(exp.train_step(), state, ring_batch(jax.random.key(1)))
