@@ -60,11 +60,14 @@ def test_digits_scaling_and_bilinear_upsampling():
         np.testing.assert_allclose(big.test_images[:, 2 * i + 1, 2 * j + 1, 0], expected, atol=1e-6)
 
 
-def test_classifier_reaches_95_percent_and_covers_all_classes(trained, digits):
+def test_classifier_is_accurate_and_covers_all_classes(trained, digits):
+    # Margins: this fixture's training with seed=0..7 gave held-out accuracy 0.950 / 0.966 / 0.978 (min / mean /
+    # max, sd 0.009: mean - 4 sd = 0.930), a final/initial loss ratio of 0.017 / 0.022 / 0.032, all 10 classes on
+    # the test set and exactly 2 on the zeros and ones. An untrained classifier scores ~0.1 and a ratio ~1.
     params, history = trained
     assert history["loss"].shape == (400,)
     assert history["loss"][-50:].mean() < 0.25 * history["loss"][:10].mean()
-    assert history["test_accuracy"] >= 0.95, history["test_accuracy"]
+    assert history["test_accuracy"] >= 0.92, history["test_accuracy"]
     logits = classifier_logits(params, digits.test_images)
     assert logits.shape == (360, 10)
     np.testing.assert_allclose(np.mean(logits.argmax(1) == digits.test_labels), history["test_accuracy"])
@@ -95,6 +98,7 @@ def test_features_are_batch_independent_and_fcd_orders_sets(trained, digits):
     noise = np.random.default_rng(0).uniform(-1, 1, size=(360, 16, 16, 1)).astype(np.float32)
     garbage = frechet_classifier_distance(params, digits.train_images, noise)
     assert abs(frechet_classifier_distance(params, digits.test_images, digits.test_images)) < 1e-6
+    # seed=0..7 of the fixture's training: same / half_classes 0.040 .. 0.049, half_classes / garbage 0.08 .. 0.19
     assert 0 < same < 0.25 * half_classes < 0.25 * garbage, (same, half_classes, garbage)
 
 

@@ -65,6 +65,9 @@ def test_fcd_of_real_test_vs_train_is_small_and_of_noise_large(extractor):
     real = test_stats.frechet_distance(train_stats)
     fake = noise_stats.frechet_distance(train_stats)
     assert abs(train_stats.frechet_distance(train_stats)) < 1e-6
+    # Margins: the fixture's classifier trained with seed=0..7 gives fake / real 208 / 274 / 317 (min / mean / max)
+    # and held-out accuracy 0.958 / 0.966 / 0.975 (sd 0.005); its reference classifier score on the real digits
+    # (test_evaluate_record_has_numbers_and_protocol) 9.25 / 9.37 / 9.45, all 10 classes every time.
     assert 0 < 20 * real < fake, (real, fake)
     logits = extractor.apply(x_te)[1]
     assert np.mean(np.argmax(logits, 1) == y_te) > 0.9
@@ -164,6 +167,11 @@ def test_quickstart_samples_cover_all_ten_classes(tmp_path, classifier, cache_di
     To keep the suite under 15 minutes the test trains the first third of the quickstart run (500 of its
     1500 steps); measured on the full run (1000 samples, `launch/evaluate.py --step=S`): 10 classes at steps
     500, 1000 and 1500 (FCD 90.4 -> 38.8 -> 30.2, classifier score 6.68 -> 7.37 -> 7.55).
+
+    Margin over seeds (this test's config with seed=0..7, run by `jaxgan.sweep.run_group(chunk=1)`, i.e. the
+    program of launch/train.py; 1000 samples; this test's classifier): 10 classes for every seed, and the rarest
+    class still has 44 / 58 / 76 samples (min / mean / max over seeds), so no class is near 0. An untrained
+    generator gives 1 class (all 1000 samples one digit), a collapsed one a few.
     """
     from launch import _common
     values = _common.read_flagfile(REPO / "launch" / "configs" / "quickstart.cfg", Config)

@@ -50,18 +50,24 @@ def test_trained_discriminator_approaches_the_optimal_one():
     p, q = stats.norm(0, 1).pdf(x[:, 0]), stats.norm(1.5, 0.7).pdf(x[:, 0])
     d_star = p / (p + q)
     d_trained = np.asarray(jax.nn.sigmoid(d.apply({"params": params}, jnp.asarray(x, jnp.float32), train=False)))
-    assert np.max(np.abs(d_trained - d_star)) < 0.06, np.max(np.abs(d_trained - d_star))
+    # Margin: this training with seed=0..10 gives a max error of 0.012 / 0.025 / 0.040 (min / mean / max, sd 0.009;
+    # mean + 4 sd = 0.062), so the bound is 2x the worst seed. An untrained D (about 1/2 everywhere) is ~0.5 off.
+    assert np.max(np.abs(d_trained - d_star)) < 0.08, np.max(np.abs(d_trained - d_star))
 
 
 def test_value_at_equilibrium_is_minus_log_4():
     # p_g = p_data: the best D is 1/2 everywhere and the value function V(D*, G) = -log 4.
     _, _, values = train_discriminator(gaussian(0.3, 1.0), gaussian(0.3, 1.0), jsd_loss, steps=800)
+    # seed=0..10: the estimate is -log 4 - 0.0010 .. -log 4 - 0.0004, 10x inside the tolerance
     np.testing.assert_allclose(-np.mean(values[-200:]), -np.log(4.0), atol=0.01)
 
 
 def test_parallel_lines_w1_is_theta_while_jsd_is_log2():
     # Arjovsky et al. 2017, example 1: P_0 = (0, U[0,1]), P_theta = (theta, U[0,1]).
     # W1(P_0, P_theta) = |theta|, while JSD = log 2 for every theta != 0 (a perfect D exists).
+    # Margins, seed=0..10 of these trainings: W1 / theta - 1 in 0.022 .. 0.031 (theta 0.5) and 0.048 .. 0.056
+    # (theta 1; the penalised critic's slope stays just under 1), mean + 4 sd 0.060 < rtol 0.1; JSD - log 2 within
+    # 2e-5 of 0, 1000x inside atol 0.02. A critic that learned nothing estimates W1 = 0 (relative error -1).
     def critic_loss(d_fn, real, fake, key):
         return (losses.wasserstein_discriminator_loss(d_fn(real), d_fn(fake))
                 + 10.0 * penalties.gradient_penalty(d_fn, real, fake, key))
