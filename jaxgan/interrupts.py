@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import _thread
 import gc
+import os
 import signal
 import sys
 import threading
@@ -124,7 +125,8 @@ def install(**kwargs) -> SignalRequest:
 
 def run_or_stop_at_once(main: Callable[[], int], request: SignalRequest, message: str) -> int:
     """``main()``'s exit code, or, on a signal before or during it, one line ``SIGNAL: message`` on stderr and
-    `EXIT_INTERRUPTED`: for launchers without a safe point to stop at, a signal stops them at once."""
+    the process ends with `EXIT_INTERRUPTED` (`exit_now`): for launchers without a safe point to stop at, a signal
+    stops them at once."""
     request.at_once = True
     try:
         if request.reason is None:
@@ -132,4 +134,13 @@ def run_or_stop_at_once(main: Callable[[], int], request: SignalRequest, message
     except KeyboardInterrupt:
         pass
     print(f"{request.reason or 'SIGINT'}: {message}", file=sys.stderr, flush=True)
-    return EXIT_INTERRUPTED
+    exit_now(EXIT_INTERRUPTED)
+
+
+def exit_now(code: int) -> None:
+    """Ends the process with ``code`` without the interpreter's shutdown: a computation abandoned by an interrupt
+    may still run on XLA's threads, and finalizing Python under them crashed (a segfault, seen with launch/sweep.py
+    stopped mid-step). For a program that was stopped at once and has nothing left to write."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

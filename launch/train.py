@@ -98,7 +98,7 @@ def main(argv):
     except KeyboardInterrupt:  # a second signal, wherever it came
         print("error: interrupted twice; stopped at once (the newest complete checkpoint resumes the run)",
               file=sys.stderr)
-        return EXIT_INTERRUPTED_TWICE
+        interrupts.exit_now(EXIT_INTERRUPTED_TWICE)
 
 
 if __name__ == "__main__":
