@@ -6,7 +6,7 @@ import pytest
 
 from conftest import REPO
 from jaxgan import experiment
-from launch import _common
+from jaxgan.cli import common as _common
 
 CONFIGS = sorted((REPO / "launch" / "configs").glob("*.cfg"))
 

@@ -173,7 +173,7 @@ def test_quickstart_samples_cover_all_ten_classes(tmp_path, classifier, cache_di
     class still has 44 / 58 / 76 samples (min / mean / max over seeds), so no class is near 0. An untrained
     generator gives 1 class (all 1000 samples one digit), a collapsed one a few.
     """
-    from launch import _common
+    from jaxgan.cli import common as _common
     values = _common.read_flagfile(REPO / "launch" / "configs" / "quickstart.cfg", Config)
     config = Config(**{**values, "sample_every": 0, "steps": values["steps"] // 3})
     start = time.perf_counter()

@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO
 from jaxgan import experiment
 from jaxgan.experiment import Config, ConfigError
-from launch import _common
+from jaxgan.cli import common as _common
 
 CACHE = str(REPO / ".jax_cache")
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
@@ -31,7 +31,7 @@ _DRIVER = r"""
 import contextlib, importlib, io, json, os, sys
 from absl import flags
 module, cases, stop, post = sys.argv[1], json.loads(open(sys.argv[2]).read()), sys.argv[3], sys.argv[4]
-lt = importlib.import_module(f"launch.{module}")
+lt = importlib.import_module(f"jaxgan.cli.{module}")
 if stop:
     owner, _, attr = stop.rpartition(".")
     def _stop(*a, **k):

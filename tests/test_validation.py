@@ -31,7 +31,7 @@ import contextlib, io, json, os, sys
 import jax
 jax.config.update("jax_num_cpu_devices", int(sys.argv[2]))
 from absl import flags
-import launch.train as lt
+import jaxgan.cli.train as lt
 results = {}
 for name, args, workdir in json.loads(open(sys.argv[1]).read()):
     flags.FLAGS.unparse_flags()

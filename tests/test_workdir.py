@@ -127,7 +127,7 @@ def test_io_errors_are_described_in_one_line():
 
 
 def test_launcher_turns_a_disk_error_into_one_line(capsys):
-    from launch import _common
+    from jaxgan.cli import common as _common
 
     def fails():
         raise OSError(errno.ENOSPC, "No space left on device", "/w/metrics.jsonl")
