@@ -31,7 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from jaxgan.experiment import ConfigError
+from jaxgan.config import ConfigError
 
 RECORD_ITEM = "integrity"
 RECORD_FORMAT = "jaxgan-integrity-1"

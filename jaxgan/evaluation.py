@@ -46,7 +46,7 @@ import numpy as np
 import scipy.special
 from absl import logging
 
-from jaxgan.experiment import ConfigError
+from jaxgan.config import ConfigError
 from jaxgan.metrics import distances
 from jaxgan.metrics.frechet import FeatureStats
 
@@ -212,7 +212,7 @@ def classifier_extractor(path=None, *, cache_dir=None) -> Extractor:
     from jaxgan.metrics.features import resize_bilinear
 
     params, meta = digits_classifier(path, cache_dir=cache_dir)
-    module = clf._module_from_params(params)
+    module = clf.module_from_params(params)
     forward = jax.jit(module.apply)
 
     def apply(images):
@@ -239,7 +239,7 @@ def inception_extractor(weights_path, *, batch_size: int = 50) -> Extractor:
 
     if not weights_path:
         raise EvaluationError("--feature_extractor=inception needs --inception_weights=FILE.npz: "
-                              + feat._missing_weights_message("FILE.npz"))
+                              + feat.missing_weights_message("FILE.npz"))
     try:
         params = feat.load_inception_params(weights_path)
     except FileNotFoundError as e:
@@ -460,18 +460,8 @@ def evaluate(experiment, state, *, metrics: str | Sequence[str] = METRICS, num_s
     t0 = time.perf_counter()
     config = experiment.config
     wanted = parse_metrics(metrics)
-    if config.is_toy:
-        raise EvaluationError(f"evaluation metrics are for image runs; --dataset={config.dataset} is a 2D dataset "
-                              f"(its mode coverage is in final_metrics.json)")
-    for name, value, low in (("num_samples", num_samples, 2), ("batch_size", batch_size, 1),
-                             ("max_feature_samples", max_feature_samples, PR_K + 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise EvaluationError(f"--{name} must be an integer >= {low}, got {value!r}")
-    if num_real is not None and (not isinstance(num_real, (int, np.integer)) or num_real < 0):
-        raise EvaluationError(f"--num_real must be an integer >= 0 (0: the whole split), got {num_real!r}")
-    if "is" in wanted and num_samples < IS_SPLITS:
-        raise EvaluationError(f"--metrics=is needs --num_samples >= {IS_SPLITS} (the score is averaged over "
-                              f"{IS_SPLITS} splits), got {num_samples}")
+    _check_evaluate_arguments(config, wanted, num_samples=num_samples, batch_size=batch_size, num_real=num_real,
+                              max_feature_samples=max_feature_samples)
     if extractor is None:
         extractor = build_extractor(config.dataset, feature_extractor, inception_weights=inception_weights,
                                     classifier_path=classifier_path, cache_dir=cache_dir)
@@ -484,47 +474,86 @@ def evaluate(experiment, state, *, metrics: str | Sequence[str] = METRICS, num_s
     ref = reference_statistics(extractor, dataset=config.dataset, split=reference, image_size=config.image_size,
                                channels=config.channels, data_dir=config.data_dir or None, num_real=num_real,
                                feature_cap=max_feature_samples, batch_size=batch_size, cache_dir=cache_dir)
+    fake, step = _generated_features(experiment, state, extractor, num_samples=num_samples, batch_size=batch_size,
+                                     seed=seed, feature_cap=max_feature_samples, need_rows=need_rows)
+    out, protocol_metrics = _scores(wanted, extractor, fake, ref, record_warnings, num_samples=num_samples,
+                                    max_feature_samples=max_feature_samples, seed=seed)
 
-    # generated samples, streamed: one compiled generator call per batch, fixed shape
-    from jaxgan.step import sample
-    from jaxgan.training import sample_params
-
+    reference_metrics: dict[str, Any] = {}
+    if "is" in wanted and ref["score"] is not None:
+        reference_metrics[extractor.names["is"]] = ref["score"][0]
+    if extractor.name == "classifier":
+        reference_metrics["classes_covered"] = ref["classes_covered"]
     use_ema = bool(config.ema_decay)
-    params = sample_params(state, config)
+    protocol = {
+        "checkpoint_step": step, "dataset": config.dataset, "image_size": config.image_size,
+        "channels": config.channels, "model": config.model,
+        "weights": "ema" if use_ema else "raw", "ema_decay": config.ema_decay if use_ema else None,
+        "batch_norm": BN_MODE, "n_fake": num_samples, "n_real": ref["n_real"], "reference_split": reference,
+        "reference": ref["description"], "reference_cache": ref["cache"],
+        "feature_extractor": extractor.info, "resize": extractor.info["resize"],
+        "metrics": protocol_metrics, "seed": seed, "batch_size": batch_size,
+        "latents": f"N(0, I) of dim {experiment.generator.latent_dim}, batch b from fold_in(key({seed}), b)",
+        "max_feature_samples": max_feature_samples,
+    }
+    return {"metrics": out, "reference_metrics": reference_metrics, "protocol": protocol,
+            "warnings": record_warnings, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _check_evaluate_arguments(config, wanted: tuple[str, ...], *, num_samples, batch_size, num_real,
+                              max_feature_samples) -> None:
+    """Raises EvaluationError for a 2D run or a count `evaluate` cannot work with, naming the flag."""
+    if config.is_toy:
+        raise EvaluationError(f"evaluation metrics are for image runs; --dataset={config.dataset} is a 2D dataset "
+                              f"(its mode coverage is in final_metrics.json)")
+    for name, value, low in (("num_samples", num_samples, 2), ("batch_size", batch_size, 1),
+                             ("max_feature_samples", max_feature_samples, PR_K + 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise EvaluationError(f"--{name} must be an integer >= {low}, got {value!r}")
+    if num_real is not None and (not isinstance(num_real, (int, np.integer)) or num_real < 0):
+        raise EvaluationError(f"--num_real must be an integer >= 0 (0: the whole split), got {num_real!r}")
+    if "is" in wanted and num_samples < IS_SPLITS:
+        raise EvaluationError(f"--metrics=is needs --num_samples >= {IS_SPLITS} (the score is averaged over "
+                              f"{IS_SPLITS} splits), got {num_samples}")
+
+
+def _generated_features(experiment, state, extractor: Extractor, *, num_samples: int, batch_size: int, seed: int,
+                        feature_cap: int, need_rows: bool) -> tuple[_FeatureAccumulator, int]:
+    """(features of ``num_samples`` generated samples, the state's step). Streamed: one compiled generator call
+    per batch of fixed shape, batch b from ``fold_in(key(seed), b)``, the last batch cut to ``num_samples``."""
+    from jaxgan.experiment import sample_params
+    from jaxgan.step import sample
+
+    params = sample_params(state, experiment.config)
     model_state = state.g.model_state
     step = int(jax.device_get(state.step))
     gen = jax.jit(lambda p, ms, k: sample(experiment.generator, p, ms, k, batch_size,
                                           num_classes=experiment.num_classes))
     key = jax.random.key(seed)
-    fake = _FeatureAccumulator(extractor, num_samples, max_feature_samples, need_rows, True)
+    fake = _FeatureAccumulator(extractor, num_samples, feature_cap, need_rows, True)
     for b in range(math.ceil(num_samples / batch_size)):
         x = np.asarray(gen(params, model_state, jax.random.fold_in(key, b)), np.float32)
         x = x[: num_samples - b * batch_size]
         if not np.all(np.isfinite(x)):
             raise EvaluationError(f"the generator of step {step} produced non-finite samples; nothing to score")
         fake.update(*extractor.apply(x))
+    return fake, step
 
+
+def _scores(wanted: tuple[str, ...], extractor: Extractor, fake: _FeatureAccumulator, ref: dict,
+            record_warnings: list, *, num_samples: int, max_feature_samples: int, seed: int) -> tuple[dict, dict]:
+    """({metric name: value}, {metric name: its protocol}) of the ``wanted`` metrics, generated ``fake`` against
+    the reference statistics ``ref``; warnings about sample counts go to ``record_warnings``."""
     names = extractor.names
     out: dict[str, Any] = {}
     if extractor.name == "classifier":
         out["classes_covered"] = fake.score.classes_covered()
     protocol_metrics: dict[str, Any] = {}
-    dim = extractor.feature_dim
     if "fid" in wanted:
-        for label, n in (("generated", num_samples), ("reference", ref["n_real"])):
-            if n <= dim:
-                _warn(record_warnings, f"{names['fid']}: {n} {label} samples for {dim}-dimensional features: with "
-                                       f"N <= D the covariance is singular and the Fréchet distance is strongly "
-                                       f"biased (upwards); use more than {dim} samples for comparable numbers")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            out[names["fid"]] = fake.stats.frechet_distance(ref["stats"])
-        for w in caught:  # N <= D is reported above, naming the side; other warnings are passed on
-            if issubclass(w.category, UserWarning) and "Covariance estimated from" not in str(w.message):
-                _warn(record_warnings, f"{names['fid']}: {w.message}")
+        out[names["fid"]] = _frechet_distance(extractor, fake, ref, record_warnings, num_samples)
         protocol_metrics[names["fid"]] = {"n_fake": num_samples, "n_real": ref["n_real"],
                                           "statistics": "float64 streaming mean/covariance (ddof=1), scipy sqrtm"}
-    if need_rows:
+    if "kid" in wanted or "pr" in wanted:
         fake_rows, real_rows = fake.features(), ref["features"]
         if num_samples > fake_rows.shape[0] or ref["n_real"] > real_rows.shape[0]:
             which = " and ".join(n for n, on in (("KID", "kid" in wanted), ("PR", "pr" in wanted)) if on)
@@ -551,22 +580,23 @@ def evaluate(experiment, state, *, metrics: str | Sequence[str] = METRICS, num_s
         out.update(distances.precision_recall_density_coverage(real_rows, fake_rows, k=PR_K))
         protocol_metrics["pr"] = {"n_fake": int(fake_rows.shape[0]), "n_real": int(real_rows.shape[0]), "k": PR_K,
                                   "names": ["precision", "recall", "density", "coverage"]}
+    return out, protocol_metrics
 
-    reference_metrics: dict[str, Any] = {}
-    if "is" in wanted and ref["score"] is not None:
-        reference_metrics[names["is"]] = ref["score"][0]
-    if extractor.name == "classifier":
-        reference_metrics["classes_covered"] = ref["classes_covered"]
-    protocol = {
-        "checkpoint_step": step, "dataset": config.dataset, "image_size": config.image_size,
-        "channels": config.channels, "model": config.model,
-        "weights": "ema" if use_ema else "raw", "ema_decay": config.ema_decay if use_ema else None,
-        "batch_norm": BN_MODE, "n_fake": num_samples, "n_real": ref["n_real"], "reference_split": reference,
-        "reference": ref["description"], "reference_cache": ref["cache"],
-        "feature_extractor": extractor.info, "resize": extractor.info["resize"],
-        "metrics": protocol_metrics, "seed": seed, "batch_size": batch_size,
-        "latents": f"N(0, I) of dim {experiment.generator.latent_dim}, batch b from fold_in(key({seed}), b)",
-        "max_feature_samples": max_feature_samples,
-    }
-    return {"metrics": out, "reference_metrics": reference_metrics, "protocol": protocol,
-            "warnings": record_warnings, "seconds": round(time.perf_counter() - t0, 3)}
+
+def _frechet_distance(extractor: Extractor, fake: _FeatureAccumulator, ref: dict, record_warnings: list,
+                      num_samples: int) -> float:
+    """The Fréchet distance of the generated to the reference statistics; warns (naming the side) when a side
+    has no more samples than feature dimensions, which makes its covariance singular."""
+    name, dim = extractor.names["fid"], extractor.feature_dim
+    for label, n in (("generated", num_samples), ("reference", ref["n_real"])):
+        if n <= dim:
+            _warn(record_warnings, f"{name}: {n} {label} samples for {dim}-dimensional features: with "
+                                   f"N <= D the covariance is singular and the Fréchet distance is strongly "
+                                   f"biased (upwards); use more than {dim} samples for comparable numbers")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        distance = fake.stats.frechet_distance(ref["stats"])
+    for w in caught:  # N <= D is reported above, naming the side; other warnings are passed on
+        if issubclass(w.category, UserWarning) and "Covariance estimated from" not in str(w.message):
+            _warn(record_warnings, f"{name}: {w.message}")
+    return distance

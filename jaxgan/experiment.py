@@ -1,13 +1,12 @@
-"""An experiment: a plain config dataclass and the pieces it names (models, objective, optimizers, data).
+"""An experiment: the pieces a config names (models, objective, optimizers, data).
 
-``launch/train.py`` turns absl flags into a `Config`; the library never reads flags. `validate` checks a
-config before anything is compiled or loaded and raises `ConfigError` naming the bad flag and what is
-accepted.
+The config is the plain dataclass `Config` of `jaxgan.config` (re-exported here, with `ConfigError`).
+``launch/train.py`` turns absl flags into a `Config`; the library never reads flags. `validate` checks a config
+before anything is compiled or loaded and raises `ConfigError` naming the bad flag and what is accepted.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Any, Callable
 
@@ -16,85 +15,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxgan import objectives
+from jaxgan.config import Config, ConfigError  # re-exported: defined in jaxgan.config
 from jaxgan.data import toy
-
-
-class ConfigError(ValueError):
-    """A bad flag value or combination; the message names the flag and what is accepted."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-  # data
-    dataset: str = "ring8"  # ring8, grid25, lines, digits, folder:PATH, or a TFDS image dataset name
-    mixture_modes: int = 0  # 0: the dataset's default (8 for ring8, 25 for grid25)
-    mixture_radius: float = 0.0  # 0: default (1.0)
-    mixture_std: float = 0.0  # 0: default (0.01 ring8, 0.05 grid25)
-    mixture_spacing: float = 0.0  # 0: default (2.0)
-    image_size: int = 32
-    channels: int = 1
-    data_dir: str = ""
-    skip_corrupt_images: bool = False  # folder:PATH: leave out undecodable files (else: an error naming them)
-    # model
-    model: str = "mlp"
-    latent_dim: int = 0  # 0: the model's default
-    width: int = 0  # 0: the model's default (MLP hidden width, DCGAN ngf/ndf, ResNet ch), for G and D
-    g_width: int = 0  # 0: --width; G's own width (SNGAN: G ch 64 -> 256 channels, D ch 32 -> 128)
-    d_width: int = 0  # 0: --width; D's own width
-    depth: int = 3  # MLP hidden layers
-    d_normalization: str = ""  # "": the model's default; batch_norm, layer_norm, none
-    conditional: bool = False
-    attention_resolution: int = 0
-    conv_impl: str = "auto"  # auto | xla | dnnl: convolutions of the image models (jaxgan.models.layers)
-    # objective
-    loss: str = "non_saturating"
-    penalty: str = "none"
-    penalty_weight: float = 10.0
-    label_smoothing: float = 0.0
-    clip_weights: float = 0.0  # 0: off
-    instance_noise: float = 0.0  # 0: off
-    instance_noise_anneal_steps: int = 0  # 0: constant noise
-    # optimisation
-    optimizer: str = "adam"
-    g_lr: float = 2e-4
-    d_lr: float = 2e-4
-    b1: float = 0.5
-    b2: float = 0.999
-    lr_decay: str = "none"  # none | linear (to 0 at --steps)
-    n_critic: int = 1
-    batch_size: int = 64
-    steps: int = 10000
-    seed: int = 0
-    ema_decay: float = 0.0  # 0: no EMA
-    ema_start: int = 0
-    # bookkeeping
-    log_every: int = 100
-    sample_every: int = 0  # 0: only at the end
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    num_samples: int = 2500  # samples in the final 2D plot / mode metrics
-    # reliability (jaxgan.reliability)
-    on_nan: str = "stop"  # stop | skip | rollback: what a NaN/Inf loss or parameter does
-    nan_lr_factor: float = 0.5  # --on_nan=rollback multiplies the learning rates by this
-    max_rollbacks: int = 3  # --on_nan=rollback gives up (stops) after this many rollbacks
-    # parallelism (jaxgan.parallel): a ("seed", "data") device mesh
-    mesh_data: int = 0  # devices on the data axis (global batch split, gradients averaged); 0: all devices
-    mesh_seed: int = 1  # devices on the seed axis (stacked runs of a sweep); 1 for a single run
-    # evaluation during training (jaxgan.evaluation): scores logged as eval/<name>
-    eval_every: int = 0  # 0: off; else evaluate every this many steps (and at the last step)
-    eval_metrics: str = "fid,is"  # comma-separated subset of fid, kid, is, pr
-    eval_num_samples: int = 2000  # generated samples per evaluation
-    eval_inception_weights: str = ""  # converted FID Inception .npz (needed for --eval_every on non-digits data)
-    # performance (benchmarks/step_throughput.py measures both)
-    steps_per_call: int = 1  # train steps per jitted call (lax.scan): cuts dispatch overhead for small (MLP) models
-    compute_dtype: str = "float32"  # float32 | bfloat16: activations/matmuls of image models; params, optimizer state, losses and penalties stay float32
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
-
-    @property
-    def is_toy(self) -> bool:
-        return self.dataset in toy.TOY_DATASETS
 
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
@@ -248,7 +170,7 @@ def _validate_flags_apply(config: Config) -> None:
 
     ``b1``/``b2`` are exempt here: a sweep group that switches to rmsprop or sgd inherits the base's Adam betas.
     The launchers also refuse flags given explicitly (at any value) that do not apply, b1/b2 included
-    (`launch._common.check_explicit_flags`).
+    (`jaxgan.cli.common.check_explicit_flags`).
     """
     for name, target in inapplicable_flags(config).items():
         if name not in ("b1", "b2") and getattr(config, name) != _DEFAULTS[name]:
@@ -362,7 +284,7 @@ def _validate_reliability_and_combinations(config: Config, device_count: int | N
 
 
 def make_optimizer(config: Config, learning_rate: float, b1: float | None = None, *,
-                   updates_per_step: int = 1) -> optax.GradientTransformation:
+                   updates_per_step: int = 1, clip_weights: float = 0.0) -> optax.GradientTransformation:
     """The optimizer named by ``--optimizer`` with an injectable learning rate (for sweeps and rollback).
 
     ``adam`` uses ``b1``/``b2``; ``rmsprop`` (optax's defaults: decay 0.9, no momentum, as in the WGAN paper) and
@@ -370,6 +292,9 @@ def make_optimizer(config: Config, learning_rate: float, b1: float | None = None
 
     ``--lr_decay=linear`` scales the updates from 1 to 0 over ``config.steps * updates_per_step`` updates: the
     schedule counts optimizer updates, and the discriminator makes ``n_critic`` of them per training step.
+
+    ``clip_weights`` c > 0 (D's optimizer, ``--clip_weights``) adds weight clipping to [-c, c] as the last
+    transformation (`jaxgan.step.clip_weights_transform`).
     """
     b1 = config.b1 if b1 is None else b1
     if config.optimizer == "adam":
@@ -381,13 +306,17 @@ def make_optimizer(config: Config, learning_rate: float, b1: float | None = None
     if config.lr_decay == "linear":
         opt = optax.chain(opt, optax.scale_by_schedule(
             optax.linear_schedule(1.0, 0.0, config.steps * updates_per_step)))
+    if clip_weights:
+        from jaxgan.step import clip_weights_transform
+        opt = clip_weights_transform(clip_weights, opt)  # no chain level: the state layout of earlier versions
     return opt
 
 
 def build_objective(config: Config) -> objectives.Objective:
     objective = objectives.build(config.loss, config.penalty, config.penalty_weight, config.label_smoothing)
     if config.instance_noise:
-        objective = dataclasses.replace(objective, hparams={**objective.hparams, "instance_noise": config.instance_noise})
+        objective = objective + objectives.instance_noise(config.instance_noise,
+                                                          config.instance_noise_anneal_steps or None)
     return objective
 
 
@@ -398,6 +327,11 @@ def initial_hparams(config: Config, objective: objectives.Objective) -> dict[str
     if config.ema_decay:
         hparams["ema_decay"] = config.ema_decay
     return hparams
+
+
+def sample_params(state, config: Config):
+    """The generator weights samples are drawn with: the EMA weights when ``--ema_decay`` is on, else the raw ones."""
+    return state.g_ema_params if config.ema_decay else state.g.params
 
 
 def toy_mixture_options(config: Config) -> dict[str, Any]:
@@ -423,13 +357,13 @@ class Experiment:
         from jaxgan.state import init_gan_state
         return init_gan_state(key, self.generator, self.discriminator, self.g_optimizer, self.d_optimizer,
                               data_shape=self.data_shape, hparams=self.hparams if hparams is None else hparams,
-                              num_classes=self.num_classes)
+                              num_classes=self.num_classes, transforms=self.objective.transforms)
 
     def train_step(self, axis_name: str | None = None) -> Callable:
         from jaxgan.step import make_train_step
         c = self.config
         return make_train_step(self.generator, self.discriminator, self.objective, self.g_optimizer, self.d_optimizer,
-                               n_critic=c.n_critic, ema_start=c.ema_start, clip_weights=c.clip_weights or None,
+                               n_critic=c.n_critic, ema_start=c.ema_start,
                                instance_noise_anneal_steps=c.instance_noise_anneal_steps or None,
                                num_classes=self.num_classes, axis_name=axis_name)
 
@@ -455,6 +389,7 @@ def build(config: Config, *, num_classes: int | None = None, axis_name: str | No
         raise ConfigError(f"--penalty={config.penalty} needs per-example gradients, but the {config.model} "
                           f"discriminator uses BatchNorm, which couples the examples of a batch; set "
                           f"--d_normalization=layer_norm or none")
-    d_optimizer = make_optimizer(config, config.d_lr, updates_per_step=config.n_critic)
+    d_optimizer = make_optimizer(config, config.d_lr, updates_per_step=config.n_critic,
+                                 clip_weights=config.clip_weights)
     return Experiment(config, generator, discriminator, objective, make_optimizer(config, config.g_lr), d_optimizer,
                       data_shape, num_classes, initial_hparams(config, objective), mixture)

@@ -342,7 +342,8 @@ def save_image_grid(path: str | os.PathLike, images: Any, ncols: int | None = No
 # ----------------------------------------------------------------------------------------------- plots
 
 
-def _new_figure(nrows: int, ncols: int, panel_size: tuple[float, float]):
+def new_figure(nrows: int, ncols: int, panel_size: tuple[float, float]):
+    """(figure, axes): an ``nrows`` x ``ncols`` grid of panels of ``panel_size`` inches, axes a 2D array."""
     # Figure + FigureCanvasAgg directly: the Agg backend, no pyplot global state (safe in any process).
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -353,7 +354,8 @@ def _new_figure(nrows: int, ncols: int, panel_size: tuple[float, float]):
     return fig, axes
 
 
-def _save_figure(fig, out_png: str | os.PathLike) -> None:
+def save_figure(fig, out_png: str | os.PathLike) -> None:
+    """Writes ``fig`` as a 100 dpi PNG at ``out_png``, atomically (a reader never sees half a file)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     _atomic_write_bytes(out_png, buf.getvalue())
@@ -405,7 +407,7 @@ def plot_losses(metrics: list[dict] | str | os.PathLike, out_png: str | os.PathL
     if "wasserstein_estimate" in keys:
         groups.append(("wasserstein_estimate", ["wasserstein_estimate"]))
     series = _series(metrics, keys)
-    fig, axes = _new_figure(1, len(groups), (5.0, 3.6))
+    fig, axes = new_figure(1, len(groups), (5.0, 3.6))
     for ax, (title, group) in zip(axes[0], groups):
         for k in group:
             steps, vals = series[k]
@@ -418,7 +420,7 @@ def plot_losses(metrics: list[dict] | str | os.PathLike, out_png: str | os.PathL
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-    _save_figure(fig, out_png)
+    save_figure(fig, out_png)
     return [ax.get_title() for ax in axes[0]]
 
 
@@ -447,7 +449,7 @@ def plot_samples_2d(samples: Any, out_png: str | os.PathLike, *, means: Any = No
         raise ValueError(f"titles must have one entry per run ({runs}); got {len(titles)}.")
     ncols = math.ceil(math.sqrt(runs))
     nrows = math.ceil(runs / ncols)
-    fig, axes = _new_figure(nrows, ncols, (3.2, 3.2))
+    fig, axes = new_figure(nrows, ncols, (3.2, 3.2))
     for i, ax in enumerate(axes.ravel()):
         if i >= runs:
             ax.set_axis_off()
@@ -472,7 +474,7 @@ def plot_samples_2d(samples: Any, out_png: str | os.PathLike, *, means: Any = No
             ax.set_title(str(titles[i]), fontsize="small")
         ax.tick_params(labelsize="x-small")
     fig.tight_layout()
-    _save_figure(fig, out_png)
+    save_figure(fig, out_png)
 
 
 # -------------------------------------------------------------------------------------------- progress

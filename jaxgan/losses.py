@@ -257,7 +257,8 @@ F_DIVERGENCES = {
 }
 
 
-def _f_divergence(name: str) -> FDivergence:
+def f_divergence(name: str) -> FDivergence:
+    """The `FDivergence` named ``name`` (a key of `F_DIVERGENCES`); raises ValueError naming the accepted ones."""
     try:
         return F_DIVERGENCES[name]
     except KeyError:
@@ -272,14 +273,14 @@ def _fake_term(gen, divergence: str):
         return jax.nn.softplus(gen) - _LOG2  # -log(2 - exp(log2 - softplus(-v)))
     if divergence == "reverse_kl":
         return -1.0 + gen  # -1 - log(exp(-v))
-    fd = _f_divergence(divergence)
+    fd = f_divergence(divergence)
     return fd.conjugate(fd.activation(gen))
 
 
 def f_divergence_discriminator_loss(discriminator_real_outputs, discriminator_gen_outputs, divergence: str, *,
                                     real_weights=1.0, generated_weights=1.0, reduction="sum_by_nonzero_weights"):
     """f-GAN discriminator loss: -(E_P[g_f(v_real)] - E_Q[f*(g_f(v_fake))]); its negative bounds D_f(P||Q)."""
-    fd = _f_divergence(divergence)
+    fd = f_divergence(divergence)
     real = jnp.asarray(discriminator_real_outputs, jnp.float32)
     gen = jnp.asarray(discriminator_gen_outputs, jnp.float32)
     return (reduce_weighted(-fd.activation(real), real_weights, reduction)
@@ -289,6 +290,6 @@ def f_divergence_discriminator_loss(discriminator_real_outputs, discriminator_ge
 def f_divergence_generator_loss(discriminator_gen_outputs, divergence: str, *, weights=1.0,
                                 reduction="sum_by_nonzero_weights"):
     """f-GAN generator loss, the alternative (non-saturating) form of Nowozin et al.: -E_Q[g_f(v_fake)]."""
-    fd = _f_divergence(divergence)
+    fd = f_divergence(divergence)
     gen = jnp.asarray(discriminator_gen_outputs, jnp.float32)
     return reduce_weighted(-fd.activation(gen), weights, reduction)

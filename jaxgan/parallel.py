@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from jaxgan.experiment import ConfigError
+from jaxgan.config import ConfigError
 
 DATA_AXIS = "data"
 SEED_AXIS = "seed"

@@ -708,7 +708,7 @@ def plot_curves(records: Sequence[dict], out_png: str | os.PathLike,
     metrics = [m for m in metrics if any(m in e for r in records for e in r["evals"])]
     if not metrics:
         return
-    fig, axes = log_lib._new_figure(1, len(metrics), (4.2, 3.4))
+    fig, axes = log_lib.new_figure(1, len(metrics), (4.2, 3.4))
     for ax, m in zip(axes[0], metrics):
         for name, rs in configs.items():
             steps = [e["step"] for e in rs[0]["evals"]]
@@ -728,7 +728,7 @@ def plot_curves(records: Sequence[dict], out_png: str | os.PathLike,
     if len(configs) <= 12:
         axes[0][0].legend(fontsize="x-small")
     fig.tight_layout()
-    log_lib._save_figure(fig, out_png)
+    log_lib.save_figure(fig, out_png)
 
 
 def _slug(name: str) -> str:

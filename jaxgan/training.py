@@ -34,7 +34,7 @@ from jaxgan import reliability
 from jaxgan import workdir as workdir_lib
 from jaxgan.checkpoint import CheckpointError, Checkpointer
 from jaxgan.data import toy
-from jaxgan.experiment import Config, ConfigError
+from jaxgan.experiment import Config, ConfigError, sample_params  # sample_params: re-exported
 from jaxgan.step import inline_multi_steps, make_multi_step, sample
 
 # Fields that may change between invocations on one workdir (extending a run, logging more often).
@@ -186,11 +186,6 @@ def clear_previous_run(workdir: pathlib.Path) -> None:
                 path.unlink()
             if not any((workdir / folder).iterdir()):
                 (workdir / folder).rmdir()
-
-
-def sample_params(state, config: Config):
-    """EMA weights when EMA is on, else the raw generator weights."""
-    return state.g_ema_params if config.ema_decay else state.g.params
 
 
 def _save_samples(exp, state, config: Config, path: pathlib.Path, latents_key, num: int, writer=None, step=0):

@@ -32,7 +32,7 @@ import socket
 import sys
 from typing import Iterator
 
-from jaxgan.experiment import ConfigError
+from jaxgan.config import ConfigError
 
 LOCK_NAME = ".lock"
 _last_workdir: list[pathlib.Path] = []  # workdirs this process has locked (named in disk-full messages)

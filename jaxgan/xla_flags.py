@@ -2,9 +2,8 @@
 
 jaxlib 0.10 hands matrix multiplies, reductions *and convolutions* on CPU to the YNNPACK library
 (``--xla_cpu_experimental_ynn_fusion_type``). For convolutions that is slower than XLA's own (Eigen) path on
-the shapes GANs train with: the weight gradients of DCGAN's stride-2 convolutions ran 1.6-3x slower through
-YNNPACK on the project's 2-core Zen 5 machine, and the whole DCGAN step at 64x64x3 went from 0.58 to
-0.76 steps/s when convolutions were left to Eigen (``benchmarks/step_throughput.py``, README "Performance").
+the shapes GANs train with, above all the weight gradients of DCGAN's stride-2 convolutions, and so is the
+whole DCGAN step (``benchmarks/step_throughput.py``; figures in docs/performance.md, "One XLA flag").
 Keeping YNNPACK for dots and reductions matters as much: without it (no library fusions at all) BatchNorm's
 reductions become slow reduce-windows and the step is no faster than the default.
 

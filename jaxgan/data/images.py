@@ -288,8 +288,8 @@ def find_unreadable_images(folder: str, paths: Sequence[str], *, cache_dir: str 
 
     Every file is decoded once (PIL releases the GIL, so ``num_threads`` decode in parallel). Files that
     decoded before with the same size and modification time are skipped: the good ones are remembered in
-    ``cache_dir`` (one JSON per folder; None: `DEFAULT_CHECK_CACHE`; '' disables it). About 0.1 ms per
-    small PNG, 1 ms per CelebA-sized JPEG, on one core.
+    ``cache_dir`` (one JSON per folder; None: `DEFAULT_CHECK_CACHE`; '' disables it). Its cost per file is
+    in docs/performance.md.
     """
     cache_dir = DEFAULT_CHECK_CACHE if cache_dir is None else cache_dir
     cache_path = _check_cache_file(folder, cache_dir) if cache_dir else None

@@ -107,6 +107,25 @@ def open_image_source(name: str, *, split: str = "train", image_size: int, chann
                                   data_dir=data_dir)
 
 
+def _check_iterator_arguments(*, image_size, channels, crop, batch_size, seed, process_index, process_count,
+                              num_epochs, num_threads, prefetch_batches) -> None:
+    """Raises DatasetError naming the first of `make_image_dataset`'s arguments it does not accept."""
+    images_lib.check_image_options(image_size, channels, crop)
+    for arg, value, low in (("batch_size", batch_size, 1), ("process_count", process_count, 1),
+                            ("num_threads", num_threads, 0), ("prefetch_batches", prefetch_batches, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise DatasetError(f"{arg}={value!r} is not accepted; use an integer >= {low}")
+    if isinstance(process_index, bool) or not isinstance(process_index, (int, np.integer)) \
+            or not 0 <= process_index < process_count:
+        raise DatasetError(f"process_index={process_index!r} is not accepted; use 0..{process_count - 1} "
+                           f"(process_count={process_count})")
+    if num_epochs is not None and (isinstance(num_epochs, bool) or not isinstance(num_epochs, (int, np.integer))
+                                   or num_epochs < 1):
+        raise DatasetError(f"num_epochs={num_epochs!r} is not accepted; use None (repeat forever) or an integer >= 1")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise DatasetError(f"seed={seed!r} is not accepted; use an integer")
+
+
 def make_image_dataset(
     name: str,
     *,
@@ -154,21 +173,9 @@ def make_image_dataset(
     Raises:
       DatasetError: one-line message naming the bad value and what is accepted.
     """
-    images_lib.check_image_options(image_size, channels, crop)
-    for arg, value, low in (("batch_size", batch_size, 1), ("process_count", process_count, 1),
-                            ("num_threads", num_threads, 0), ("prefetch_batches", prefetch_batches, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise DatasetError(f"{arg}={value!r} is not accepted; use an integer >= {low}")
-    if isinstance(process_index, bool) or not isinstance(process_index, (int, np.integer)) \
-            or not 0 <= process_index < process_count:
-        raise DatasetError(f"process_index={process_index!r} is not accepted; use 0..{process_count - 1} "
-                           f"(process_count={process_count})")
-    if num_epochs is not None and (isinstance(num_epochs, bool) or not isinstance(num_epochs, (int, np.integer))
-                                   or num_epochs < 1):
-        raise DatasetError(f"num_epochs={num_epochs!r} is not accepted; use None (repeat forever) or an integer >= 1")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise DatasetError(f"seed={seed!r} is not accepted; use an integer")
-
+    _check_iterator_arguments(image_size=image_size, channels=channels, crop=crop, batch_size=batch_size,
+                              seed=seed, process_index=process_index, process_count=process_count,
+                              num_epochs=num_epochs, num_threads=num_threads, prefetch_batches=prefetch_batches)
     image_size, channels = int(image_size), int(channels)
     source = open_image_source(name, split=split, image_size=image_size, channels=channels, crop=crop,
                                data_dir=data_dir, skip_corrupt_images=skip_corrupt_images)

@@ -61,8 +61,9 @@ class ConvClassifier(nn.Module):
         return logits, features
 
 
-def _module_from_params(params) -> ConvClassifier:
-    """Rebuilds the module configuration from parameter shapes (so saved params are self-describing)."""
+def module_from_params(params) -> ConvClassifier:
+    """The `ConvClassifier` whose variables ``params`` are (its widths read from their shapes, so saved params
+    are self-describing); raises ValueError for params of any other structure."""
     p = params["params"] if "params" in params else params
     n_conv = len([name for name in p if name.startswith("conv_")])
     if n_conv == 0 or "hidden" not in p or "logits" not in p:
@@ -188,7 +189,7 @@ def _apply_batched(params, images, batch_size: int):
     images = np.asarray(images, np.float32)
     if images.ndim != 4:
         raise ValueError(f"expected NHWC images [N, H, W, C]; got shape {images.shape}.")
-    model = _module_from_params(params)
+    model = module_from_params(params)
     apply = jax.jit(model.apply)
     logits, features = [], []
     for start in range(0, images.shape[0], batch_size):
@@ -240,5 +241,5 @@ def load_params(path: str | os.PathLike):
     with np.load(path) as z:
         flat = {name: jnp.asarray(z[name]) for name in z.files}
     params = traverse_util.unflatten_dict(flat, sep="/")
-    _module_from_params(params)  # validates the structure
+    module_from_params(params)  # validates the structure
     return params

@@ -243,7 +243,8 @@ def _write_npz_deterministic(path, arrays: Mapping[str, np.ndarray]) -> None:
     os.replace(tmp, path)
 
 
-def _missing_weights_message(path) -> str:
+def missing_weights_message(path) -> str:
+    """The error for absent FID Inception weights at ``path``: where to download them and how to convert them."""
     return (
         f"FID Inception weights not found at {os.fspath(path)!r}. Download {PTH_FILENAME} "
         f"(pytorch-fid's port of TensorFlow's 2015-12-05 Inception, SHA-256 {PTH_SHA256}) from "
@@ -332,7 +333,7 @@ def load_inception_params(path, *, expected_sha256: str | None = None) -> dict:
         network.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(_missing_weights_message(path))
+        raise FileNotFoundError(missing_weights_message(path))
     if expected_sha256 is None:
         side = _sidecar(path)
         if not os.path.isfile(side):

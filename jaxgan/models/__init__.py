@@ -16,6 +16,8 @@ from typing import Any
 
 import flax.linen as nn
 
+from jaxgan.config import ConfigError
+
 MODELS = ("mlp", "dcgan", "sngan", "sagan")
 
 _DEFAULT_LATENT = {"mlp": 8, "dcgan": 100, "sngan": 128, "sagan": 128}
@@ -24,7 +26,6 @@ _DEFAULT_WIDTH = {"mlp": 128, "dcgan": 64, "sngan": 64, "sagan": 64}
 
 def validate_image_config(config) -> None:
     """Raises ConfigError for image sizes, channels or options a model does not support."""
-    from jaxgan.experiment import ConfigError
     from jaxgan.models import dcgan, resnet
     if config.model == "dcgan":
         sizes = dcgan.SUPPORTED_IMAGE_SIZES

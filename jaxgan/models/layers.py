@@ -18,8 +18,8 @@ or model-wide choice "auto", "xla" or "dnnl" of `set_default_implementation` / `
   ``jaxgan/native``): cpu, float32, non-negative paddings; raises where it cannot run. Not mixed with the others.
 * ``"auto"``  -- on cpu ``"dnnl"`` wherever it can run (float32, extension built), else the per-pass rule
   below; on gpu/tpu (``jax.default_backend()``) ``"xla"``, except ``"xla/xla/corr"`` for strided transposed
-  convs (`_auto_accelerator`: XLA:GPU's own weight gradient of those materialises the dilated input;
-  DCGAN 128 px float32 on an H100: 31.7 -> 53.9 steps/s).
+  convs (`_auto_accelerator`: XLA:GPU's own weight gradient of those materialises the dilated input; the GPU
+  measurement is in docs/performance.md).
 
 Fast paths cover 2-D NHWC convolutions with ``feature_group_count=1`` and no input/kernel dilation (any
 stride, kernel size and padding); anything else silently uses ``"xla"`` (correct, maybe slow).
@@ -28,55 +28,14 @@ Hessian-vector products, gradient penalties) and under ``jax.vmap``: "dnnl" and 
 derivatives are their other passes (`jaxgan.models.conv_passes`), so the forward, input- and weight-gradient
 formulations chosen here are the ones every derivative program runs.
 
-Why oneDNN first on cpu: the same convolutions in oneDNN's kernels take 569 ms per DCGAN 64x64x3 set of passes
-below against 770 ms for the best XLA formulations (``benchmarks/conv_layers.py --impls auto,dnnl`` with and
-without ``JAXGAN_NATIVE=0``), and whole DCGAN/SNGAN steps go from 0.91-0.97x PyTorch to 1.06-1.36x (README).
+Why oneDNN first on cpu: its kernels run the same convolutions faster than the best XLA formulations, layer by
+layer and over whole DCGAN/SNGAN steps (figures and commands: docs/performance.md).
 
 Why the XLA formulations: XLA:CPU lowers the weight gradient of a transposed convolution (and to a lesser
-degree the input gradient of a strided conv) to convolutions its Eigen path does not take; they run at 4-5 GFLOP/s
-(see docs/performance.md).
-
-Measurements (``python benchmarks/conv_layers.py --repeats 3``): DCGAN 64x64x3, batch 64, float32, on the
-project's idle 2-core Zen 5 VM, with jaxgan's XLA:CPU defaults (convolutions on XLA's Eigen path, not YNNPACK;
-see ``jaxgan/xla_flags.py``); median ms (GFLOP/s, padding taps included) of 3 interleaved runs. Single layers
-vary by +-30 % between runs (the "auto" column repeats other columns' formulations). "corr" = xla fwd/dgrad +
-the dedicated transposed-conv weight gradient; "auto" = the rule below (before its last revision, see there):
-
-    layer    pass               xla           phase            gemm            corr            auto
-    G.up0    fwd         9.6 (  11)      9.2 (  11)      3.7 (  28)      9.5 (  11)      4.1 (  26)
-    G.up0    dgrad       3.8 (  28)      3.2 (  33)      6.7 (  16)      4.2 (  25)      6.3 (  17)
-    G.up0    wgrad      16.3 (   6)     16.5 (   6)      4.7 (  22)      2.8 (  37)      2.7 (  38)
-    G.up1    fwd        28.8 ( 149)     26.3 ( 163)     28.9 ( 149)     28.3 ( 152)     26.1 ( 165)
-    G.up1    dgrad      33.2 ( 129)     41.9 ( 102)     73.4 (  59)     32.7 ( 132)     42.9 ( 100)
-    G.up1    wgrad    1266.6 (   3)     35.9 ( 120)     65.5 (  66)     30.0 ( 143)     29.7 ( 145)
-    G.up2    fwd        51.5 (  83)     30.8 ( 139)     47.0 (  91)     55.0 (  78)     34.2 ( 126)
-    G.up2    dgrad      26.5 ( 162)     34.1 ( 126)    101.3 (  42)     32.9 ( 131)     33.5 ( 128)
-    G.up2    wgrad    1212.9 (   4)     35.6 ( 121)     93.7 (  46)     31.9 ( 135)     30.5 ( 141)
-    G.up3    fwd        97.9 (  44)     37.4 ( 115)     90.8 (  47)     88.1 (  49)     38.7 ( 111)
-    G.up3    dgrad      26.9 ( 159)     47.0 (  91)    179.3 (  24)     36.1 ( 119)     26.2 ( 164)
-    G.up3    wgrad    1360.8 (   3)     64.5 (  67)    282.8 (  15)     45.4 (  95)     37.7 ( 114)
-    G.up4    fwd         8.2 (  49)     33.3 (  12)     10.8 (  37)      7.9 (  51)      7.4 (  55)
-    G.up4    dgrad       7.3 (  55)     39.5 (  10)     35.3 (  11)      9.5 (  42)      7.1 (  57)
-    G.up4    wgrad      57.4 (   7)     88.0 (   5)     32.5 (  12)      9.5 (  42)     10.0 (  40)
-    D.down0  fwd         7.0 (  58)      4.2 (  96)     10.7 (  37)               -      7.2 (  56)
-    D.down0  dgrad       8.8 (  46)      6.9 (  59)      7.2 (  56)               -      9.1 (  44)
-    D.down0  wgrad       8.1 (  49)     10.5 (  38)     32.7 (  12)               -     11.0 (  37)
-    D.down1  fwd        25.4 ( 169)     33.7 ( 127)     88.7 (  48)               -     39.0 ( 110)
-    D.down1  dgrad     108.8 (  39)     35.0 ( 123)     77.8 (  55)               -     36.6 ( 118)
-    D.down1  wgrad      33.3 ( 129)     34.4 ( 125)    124.5 (  34)               -     46.7 (  92)
-    D.down2  fwd        25.3 ( 170)     28.2 ( 152)     65.4 (  66)               -     31.8 ( 135)
-    D.down2  dgrad      50.7 (  85)     32.7 ( 131)     48.6 (  88)               -     32.8 ( 131)
-    D.down2  wgrad      28.3 ( 152)     34.4 ( 125)     68.9 (  62)               -     33.7 ( 128)
-    D.down3  fwd        25.0 ( 172)     26.8 ( 160)     28.7 ( 150)               -     30.7 ( 140)
-    D.down3  dgrad      33.5 ( 128)     41.5 ( 103)     27.0 ( 159)               -     26.9 ( 160)
-    D.down3  wgrad      27.2 ( 158)     28.9 ( 148)     46.2 (  93)               -     30.2 ( 142)
-    D.out    fwd         0.7 (   2)      0.7 (   1)      1.0 (   1)               -      0.7 (   1)
-    D.out    dgrad       0.7 (   1)      0.5 (   2)      4.4 (   0)               -      0.9 (   1)
-    D.out    wgrad       1.5 (   1)      1.2 (   1)      1.1 (   1)               -      1.3 (   1)
-    S.conv3  fwd        27.2 ( 178)     27.4 ( 177)     85.0 (  57)               -     37.0 ( 131)
-    S.conv3  dgrad      28.6 ( 169)     28.9 ( 167)     80.2 (  60)               -     35.9 ( 135)
-    S.conv3  wgrad      50.5 (  96)     50.8 (  95)    122.1 (  40)               -     58.7 (  82)
-    sum                      4698.2           970.0          1976.6           423.7           807.2
+degree the input gradient of a strided conv) to convolutions its Eigen path does not take, which run far below
+the machine's speed; the rule below picks, per layer and pass, the formulation that avoids them. The per-layer
+timings it was chosen from (``python benchmarks/conv_layers.py --repeats 3``) are in docs/performance.md,
+"Per-layer timings behind the CPU rule".
 
 Auto rule on cpu without oneDNN ("fwd/dgrad/wgrad"; hw = input height*width; see ``_auto_cpu``)::
 
@@ -89,11 +48,8 @@ Auto rule on cpu without oneDNN ("fwd/dgrad/wgrad"; hw = input height*width; see
                    else               -> "xla/phase/xla" (D.down1, D.down2)
 
 The last revision (G.up1/2 dgrad phase -> xla, D.down3 fwd gemm -> xla, D.down0 xla -> phase/phase/xla) was
-chosen on whole training steps, which vary less than single layers: DCGAN 64x64x3 0.77-0.78 -> 0.84-0.89
-steps/s in two alternating pairs of runs, 32x32x1 unchanged within noise (3.96-4.00 vs 4.02-4.22). The
-transposed-conv weight gradient is the case that matters most: XLA's own runs at 3-7 GFLOP/s, 30-40x slower
-than "corr"/"phase". (With jaxlib's default of YNNPACK convolutions the "xla" weight gradients of the strided
-convs ran 1.6-3x slower again; hence jaxgan/xla_flags.py.)
+chosen on whole training steps, which vary less than single layers (docs/performance.md). jaxgan/xla_flags.py
+keeps XLA:CPU's convolutions off YNNPACK, whose strided-conv weight gradients are slower still.
 """
 from __future__ import annotations
 
@@ -282,8 +238,8 @@ def _mixed(kind, fwd, dgrad, wgrad, x, w, s, pads, precision):
 
 def _auto_accelerator(kind, s):
   """GPU/TPU: XLA's convolutions (cuDNN on GPU), except a strided transposed conv's weight gradient, which XLA:GPU
-  computes by materialising the dilated, padded input and one fprop convolution over it (DCGAN 128 px G.up5:
-  9.8 of a 31 ms float32 step on an H100); "corr" is the weight gradient of a strided conv instead."""
+  computes by materialising the dilated, padded input and one fprop convolution over it (the largest part of a
+  DCGAN 128 px step; docs/performance.md); "corr" is the weight gradient of a strided conv instead."""
   return "xla/xla/corr" if kind == "convt" and max(s) > 1 else "xla"
 
 

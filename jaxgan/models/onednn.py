@@ -1,7 +1,7 @@
 """oneDNN convolutions on XLA:CPU (FFI custom calls), differentiable in forward and reverse mode to any order.
 
-XLA:CPU computes convolutions with Eigen kernels that run 1.5-3x slower than oneDNN's on the strided
-convolutions of DCGAN-style networks (see docs/performance.md). jaxgan ships a small XLA FFI extension
+XLA:CPU computes convolutions with Eigen kernels that run slower than oneDNN's on the strided convolutions of
+DCGAN-style networks (measured in docs/performance.md). jaxgan ships a small XLA FFI extension
 (``jaxgan/native/onednn_conv.cc``, compiled on first use by ``jaxgan.native``) that runs the three passes of a
 strided, padded 2-D convolution on oneDNN:
 
