@@ -12,11 +12,16 @@ instance-noise scale) are *hyperparameters*: named float32 scalars that live in 
 (``GANState.hparams``) and are read by the terms at run time, so `jax.vmap` can give every run its own
 value. ``Objective.hparams`` holds their defaults. `weighted_by` makes a term's weight such a
 hyperparameter, e.g. ``objectives.gradient_penalty().weighted_by("penalty_weight", 10.0)``.
+
+Extension points (docs/extending.md): a term may read labels, D's and G's auxiliary outputs (``real_aux``,
+``fake_aux``, ``g_aux``) and run lazily (`Objective.every`: every k-th update, weight times k); an objective may
+carry *input transforms* of D (`InputTransform`, e.g. `instance_noise`) applied to real and fake alike, whose
+state lives in ``GANState.transforms``.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +45,11 @@ class TermInputs(NamedTuple):
     hparams: Mapping[str, jax.Array]
     real_labels: jax.Array | None = None  # [B] labels of `real` (conditional models)
     fake_labels: jax.Array | None = None  # [B] labels G was given for `fake`
+    real_aux: Any = None  # D's auxiliary outputs on `real` when D returns (outputs, aux), e.g. class logits
+    fake_aux: Any = None  # D's auxiliary outputs on `fake`
+    g_aux: Any = None  # G terms: G's auxiliary outputs when G returns (x, aux), e.g. intermediate latents
+    step: jax.Array | None = None  # int32 update counter of this player (D: D updates, G: steps); lazy terms
+    transform_states: Mapping[str, Any] | None = None  # ``GANState.transforms`` (e.g. a running mean of D's outputs)
 
     def d_on(self, labels: jax.Array | None) -> Callable[[jax.Array], jax.Array]:
         """The closure ``x -> D(x, labels)`` that `jaxgan.penalties` takes."""
@@ -58,11 +68,80 @@ class Term:
     weight_hparam: str | None = None  # if set, the weight is multiplied by hparams[weight_hparam]
     needs_real: bool = False  # a G term that needs D(real)
     needs_input_gradients: bool = False  # per-example input gradients of D (refused with BatchNorm in D)
+    every: int = 1  # lazy regularization: evaluated when step % every == 0, with its weight times `every`
 
     def weight_value(self, hparams: Mapping[str, Any]):
+        weight = self.weight * self.every
         if self.weight_hparam is None:
-            return self.weight
-        return self.weight * hparams[self.weight_hparam]
+            return weight
+        return weight * hparams[self.weight_hparam]
+
+    def value(self, inputs: TermInputs) -> jax.Array:
+        """The term's value; a lazy term (``every > 1``) runs under `lax.cond` (no compute off its steps) and is 0
+        on the steps it skips."""
+        if self.every == 1:
+            return self.fn(inputs)
+        if inputs.step is None:
+            raise ValueError(f"term {self.name!r} runs every {self.every} steps but TermInputs.step is None")
+        return jax.lax.cond(inputs.step % self.every == 0, lambda: jnp.asarray(self.fn(inputs), jnp.float32),
+                            lambda: jnp.zeros((), jnp.float32))
+
+
+class TransformStats(NamedTuple):
+    """What an input transform's `InputTransform.update` sees once per train step, after the D updates."""
+    step: jax.Array  # int32: completed train steps before this one
+    hparams: Mapping[str, jax.Array]
+    real_outputs: jax.Array  # D(real) of the last D update (before that update), e.g. for ADA's sign(D(real))
+    fake_outputs: jax.Array  # D(fake) of the last D update, e.g. for LeCam's running means
+
+
+@runtime_checkable
+class InputTransform(Protocol):
+    """A transform of D's inputs, applied to real and fake alike (and to G's fakes in the G update).
+
+    ``init()`` gives its state (a pytree, ``{}`` if none), kept in ``GANState.transforms[name]``;
+    ``apply(state, key, x, step, hparams) -> x'`` transforms one batch [B, ...] (called once for real, once for
+    fake, each with its own key); ``update(state, stats) -> (state', metrics)`` runs once per step after the D
+    updates (e.g. an adaptive augmentation probability) and returns scalar metrics to log.
+    """
+    name: str
+    hparams: Mapping[str, float]  # defaults of the run-time hparams it reads
+
+    def init(self) -> Any: ...
+
+    def apply(self, state: Any, key: jax.Array, x: jax.Array, step: jax.Array,
+              hparams: Mapping[str, jax.Array]) -> jax.Array: ...
+
+    def update(self, state: Any, stats: TransformStats) -> tuple[Any, dict[str, jax.Array]]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceNoise:
+    """Gaussian noise of std ``hparams["instance_noise"]`` on D's inputs (Arjovsky & Bottou 2017; Sønderby et al.
+    2017), decaying linearly to 0 over ``anneal_steps`` train steps (None: constant). Stateless: its counter is
+    the step. Reports the scale as the metric ``instance_noise``."""
+    scale: float = 0.1
+    anneal_steps: int | None = None
+    name: str = "instance_noise"
+
+    @property
+    def hparams(self) -> Mapping[str, float]:
+        return {"instance_noise": float(self.scale)}
+
+    def init(self):
+        return {}
+
+    def current_scale(self, step, hparams):
+        scale = hparams["instance_noise"]
+        if self.anneal_steps:
+            scale = scale * jnp.maximum(0.0, 1.0 - step.astype(jnp.float32) / self.anneal_steps)
+        return scale
+
+    def apply(self, state, key, x, step, hparams):
+        return x + self.current_scale(step, hparams) * jax.random.normal(key, x.shape, x.dtype)
+
+    def update(self, state, stats):
+        return state, {"instance_noise": self.current_scale(stats.step, stats.hparams)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,23 +149,29 @@ class Objective:
     """A weighted sum of D terms and G terms. Add objectives with ``+``; scale them with ``*``."""
     terms: tuple[Term, ...]
     hparams: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    transforms: tuple[InputTransform, ...] = ()  # of D's inputs, applied in this order
 
     def __post_init__(self):
         names = [(t.player, t.name) for t in self.terms]
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
             raise ValueError(f"objective has duplicate terms {sorted(duplicates)}; give each term its own name")
+        names = [t.name for t in self.transforms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objective has duplicate input transforms {names}")
 
     def __add__(self, other: "Objective") -> "Objective":
         if not isinstance(other, Objective):
             return NotImplemented
-        return Objective(self.terms + other.terms, {**self.hparams, **other.hparams})
+        return Objective(self.terms + other.terms, {**self.hparams, **other.hparams},
+                         self.transforms + other.transforms)
 
     def __mul__(self, weight: float) -> "Objective":
         weight = float(weight)
         if weight < 0:
             raise ValueError(f"objective weight must be >= 0, got {weight}")
-        return Objective(tuple(dataclasses.replace(t, weight=t.weight * weight) for t in self.terms), self.hparams)
+        return dataclasses.replace(self, terms=tuple(dataclasses.replace(t, weight=t.weight * weight)
+                                                     for t in self.terms))
 
     __rmul__ = __mul__
 
@@ -94,8 +179,15 @@ class Objective:
         """Every term's weight is multiplied by the run-time hyperparameter ``hparam`` (default ``default``)."""
         if default < 0:
             raise ValueError(f"{hparam} must be >= 0, got {default}")
-        return Objective(tuple(dataclasses.replace(t, weight_hparam=hparam) for t in self.terms),
-                         {**self.hparams, hparam: float(default)})
+        return dataclasses.replace(self, terms=tuple(dataclasses.replace(t, weight_hparam=hparam) for t in self.terms),
+                                   hparams={**self.hparams, hparam: float(default)})
+
+    def every(self, k: int) -> "Objective":
+        """Lazy regularization (StyleGAN2): every term runs on one update in ``k`` (the player's update counter,
+        ``step % k == 0``) with its weight multiplied by ``k``, so its average contribution is unchanged."""
+        if int(k) != k or k < 1:
+            raise ValueError(f"every must be an integer >= 1, got {k}")
+        return dataclasses.replace(self, terms=tuple(dataclasses.replace(t, every=int(k)) for t in self.terms))
 
     @property
     def d_terms(self) -> tuple[Term, ...]:
@@ -120,7 +212,7 @@ class Objective:
         total = jnp.zeros((), jnp.float32)
         values = {}
         for term, key in zip(terms, keys):
-            value = term.fn(inputs._replace(key=key))
+            value = term.value(inputs._replace(key=key))
             values[term.name] = value
             total = total + term.weight_value(inputs.hparams) * value
         return total, values
@@ -188,7 +280,7 @@ def relativistic() -> Objective:
 
 def f_gan(divergence: str) -> Objective:
     """f-GAN (Nowozin et al. 2016) for one of `losses.F_DIVERGENCES`, with the non-saturating G loss."""
-    losses._f_divergence(divergence)  # validates the name now rather than at trace time
+    losses.f_divergence(divergence)  # validates the name now rather than at trace time
     return _loss_objective(
         lambda t: losses.f_divergence_discriminator_loss(t.real_outputs, t.fake_outputs, divergence),
         lambda t: losses.f_divergence_generator_loss(t.fake_outputs, divergence))
@@ -225,6 +317,38 @@ def dragan(target: float = 1.0, perturbation: float = 0.5) -> Objective:
     return Objective((Term("dragan", "d", lambda t: penalties.dragan_penalty(
         t.d_on(t.real_labels), t.real, t.key, target=target, perturbation=perturbation),
         needs_input_gradients=True),))
+
+
+  # ----------------------------------------------------------------------------- auxiliary outputs, transforms
+
+def acgan(label_smoothing: float = 0.0, aux_key: str = "class_logits") -> Objective:
+    """ACGAN's auxiliary-classifier terms (Odena et al. 2017) for a D that returns ``(outputs, {aux_key: [B, K]})``.
+
+    D term ``acgan``: softmax cross entropy of D's class logits on real examples (their labels; TF-GAN's
+    ``label_smoothing`` on this part only) plus on generated ones (the labels G was given), as
+    `losses.acgan_discriminator_loss`; G term ``acgan``: the cross entropy on generated ones
+    (`losses.acgan_generator_loss`). Add it to an adversarial loss: ``non_saturating() + acgan()``.
+    """
+    def one_hot(logits, labels):
+        return jax.nn.one_hot(labels, logits.shape[-1])
+
+    def d_term(t: TermInputs):
+        real, fake = t.real_aux[aux_key], t.fake_aux[aux_key]
+        return (losses.acgan_generator_loss(fake, one_hot(fake, t.fake_labels))
+                + losses.acgan_generator_loss(real, one_hot(real, t.real_labels), label_smoothing=label_smoothing))
+
+    def g_term(t: TermInputs):
+        fake = t.fake_aux[aux_key]
+        return losses.acgan_generator_loss(fake, one_hot(fake, t.fake_labels))
+
+    return Objective((Term("acgan", "d", d_term), Term("acgan", "g", g_term)))
+
+
+def instance_noise(scale: float = 0.1, anneal_steps: int | None = None) -> Objective:
+    """Instance noise on D's inputs (`InstanceNoise`) as an objective to add; its scale is the hparam
+    ``instance_noise``."""
+    transform = InstanceNoise(scale, anneal_steps)
+    return Objective((), dict(transform.hparams), (transform,))
 
 
 LOSSES: dict[str, Callable[[], Objective]] = {

@@ -1,6 +1,6 @@
 """The train state: one PyTree holding everything a step reads and a resume needs.
 
-``GANState(step, key, g, d, g_ema_params, hparams)`` with ``PlayerState(params, model_state, opt_state)``
+``GANState(step, key, g, d, g_ema_params, hparams, transforms)`` with ``PlayerState(params, model_state, opt_state)``
 for each player. ``model_state`` holds the non-trained variable collections of a Flax module (``{}`` for a
 plain MLP, ``{"batch_stats": ...}`` for BatchNorm statistics and spectral-norm vectors). ``hparams`` maps
 names to float32 scalars the step reads at run time (see `jaxgan.objectives`); with stacked states
@@ -11,6 +11,7 @@ Models follow one calling convention: ``generator(z, labels=None, *, train)`` wi
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -27,7 +28,7 @@ class PlayerState:
     opt_state: Any
 
 
-@struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class GANState:
     step: jax.Array  # int32 scalar: number of completed steps
     key: jax.Array  # typed PRNG key (jax.random.key), split inside the step
@@ -35,6 +36,30 @@ class GANState:
     d: PlayerState
     g_ema_params: Any  # exponential moving average of G's params (a copy of them when EMA is off)
     hparams: Mapping[str, jax.Array]  # float32 scalars read by the step
+    # the state of D's input transforms (`jaxgan.objectives.InputTransform`) by name; stateless ones (instance
+    # noise) keep none here
+    transforms: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def replace(self, **changes) -> "GANState":
+        return dataclasses.replace(self, **changes)
+
+
+_GAN_STATE_FIELDS = ("step", "key", "g", "d", "g_ema_params", "hparams")
+
+
+def _flatten_gan_state(state: GANState):
+    # An empty ``transforms`` is left out of the tree, so a state without stateful transforms has the tree (and
+    # the checkpoints) of the versions before the field existed, and their checkpoints restore into it.
+    names = _GAN_STATE_FIELDS + (("transforms",) if state.transforms else ())
+    return [(jax.tree_util.GetAttrKey(n), getattr(state, n)) for n in names], bool(state.transforms)
+
+
+def _unflatten_gan_state(has_transforms: bool, children) -> GANState:
+    children = list(children)
+    return GANState(*children[:len(_GAN_STATE_FIELDS)], transforms=children[-1] if has_transforms else {})
+
+
+jax.tree_util.register_pytree_with_keys(GANState, _flatten_gan_state, _unflatten_gan_state)
 
 
 def split_variables(variables) -> tuple[Any, dict]:
@@ -50,53 +75,40 @@ def has_batch_norm(model_state) -> bool:
     return any(path[-1] in ("mean", "var") for path in flat)
 
 
-def _is_inject_state(state) -> bool:
-    return hasattr(state, "hyperparams") and hasattr(state, "inner_state")
+def _injected(path, value) -> bool:
+    """`optax.tree_utils` filter: ``value`` is an entry of an ``optax.inject_hyperparams`` state's ``hyperparams``
+    (not, e.g., the ``hyperparams_states`` entry of a scheduled learning rate)."""
+    return len(path) >= 2 and getattr(path[-2], "name", None) == "hyperparams"
 
 
 def set_learning_rate(opt_state, learning_rate):
-    """Sets the learning rate inside an ``optax.inject_hyperparams`` state (searched through chains)."""
-    found = False
-
-    def visit(state):
-        nonlocal found
-        if _is_inject_state(state) and "learning_rate" in state.hyperparams:
-            found = True
-            hyperparams = dict(state.hyperparams)
-            hyperparams["learning_rate"] = jnp.asarray(learning_rate, hyperparams["learning_rate"].dtype)
-            return state._replace(hyperparams=hyperparams)
-        if isinstance(state, tuple) and not hasattr(state, "_fields"):
-            return tuple(visit(s) for s in state)
-        return state
-
-    new_state = visit(opt_state)
+    """Sets the learning rate of every ``optax.inject_hyperparams`` state in ``opt_state`` (chains included),
+    keeping its dtype; raises ValueError when there is none. Traceable (vmapped inits pass one per run)."""
+    found = optax.tree_utils.tree_get_all_with_path(opt_state, "learning_rate", _injected)
     if not found:
         raise ValueError("optimizer has no injectable 'learning_rate'; build it with optax.inject_hyperparams")
-    return new_state
+    value = jnp.asarray(learning_rate, found[0][1].dtype)
+    return optax.tree_utils.tree_set(opt_state, _injected, learning_rate=value)
 
 
 def get_learning_rate(opt_state):
-    """The learning rate of an ``optax.inject_hyperparams`` state (searched through chains), or None."""
-    if _is_inject_state(opt_state):
-        return opt_state.hyperparams.get("learning_rate")
-    if isinstance(opt_state, tuple) and not hasattr(opt_state, "_fields"):
-        for s in opt_state:
-            lr = get_learning_rate(s)
-            if lr is not None:
-                return lr
-    return None
+    """The learning rate of the first ``optax.inject_hyperparams`` state in ``opt_state`` (chains included), or
+    None."""
+    found = optax.tree_utils.tree_get_all_with_path(opt_state, "learning_rate", _injected)
+    return found[0][1] if found else None
 
 
 def init_gan_state(key: jax.Array, generator: nn.Module, discriminator: nn.Module,
                    g_optimizer: optax.GradientTransformation, d_optimizer: optax.GradientTransformation, *,
                    data_shape: tuple[int, ...], hparams: Mapping[str, float] | None = None,
-                   num_classes: int = 0) -> GANState:
+                   num_classes: int = 0, transforms: tuple = ()) -> GANState:
     """Initialises both players from ``key``. ``data_shape`` is one example's shape, e.g. (2,) or (32, 32, 3).
 
     ``hparams`` must hold every name in the objective's ``Objective.hparams`` (e.g. ``label_smoothing``,
     ``penalty_weight``; the train step refuses a state without them), and may add ``ema_decay``,
     ``instance_noise`` and ``g_lr``/``d_lr``: the learning rates are written into ``inject_hyperparams``
     optimizer states, so a vmapped init over learning rates gives each run its own. Pure and vmappable.
+    ``transforms``: D's input transforms (``objective.transforms``); those with state get ``GANState.transforms``.
     """
     hparams = {k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()}
     key, g_key, d_key = jax.random.split(key, 3)
@@ -114,4 +126,5 @@ def init_gan_state(key: jax.Array, generator: nn.Module, discriminator: nn.Modul
     return GANState(step=jnp.zeros((), jnp.int32), key=key,
                     g=PlayerState(g_params, g_state, g_opt_state),
                     d=PlayerState(d_params, d_state, d_opt_state),
-                    g_ema_params=g_params, hparams=hparams)
+                    g_ema_params=g_params, hparams=hparams,
+                    transforms={t.name: t.init() for t in transforms if jax.tree.leaves(t.init())})

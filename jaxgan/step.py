@@ -5,9 +5,19 @@ flow on traced values, reads its randomness only from ``state.key``, and so work
 `jax.vmap` over stacked states (independent runs), and per device under `jax.shard_map` with an
 ``axis_name`` (gradients, metrics and cross-replica BatchNorm statistics averaged with `lax.pmean`).
 
+The step is a composition of module-level pure pieces, each taking the static `Game`: `sample_latents`,
+`transform_inputs` (D's input transforms), `d_update`, `g_update`, `update_transforms`, `ema_update` and
+`finite_flag`. The extension points (docs/extending.md) live in `jaxgan.objectives`: terms that read labels and
+auxiliary outputs, lazy terms, input transforms with state in ``GANState.transforms``; weight clipping is an
+optax transformation of D's optimizer (`clip_weights_transform`).
+
 Batch convention: ``batch = {"x": [n_critic, B, ...]}`` plus ``"label": [n_critic, B]`` int32 for
 class-conditional models; D update ``i`` uses real minibatch ``i`` (a fresh one per critic step, as in
 WGAN), and the G update uses the last one where the objective needs D(real) (relativistic losses).
+
+Model outputs: D returns outputs [B] (or [B, ...]) or ``(outputs, aux)`` with a pytree ``aux`` of [B, ...]
+arrays (class logits, ...), which terms see as ``real_aux``/``fake_aux``; G returns x or ``(x, aux)``, which G
+terms see as ``g_aux``.
 
 Discriminator calls: when D has no BatchNorm, real and fake go through D in one concatenated call; with
 BatchNorm they go separately (real, then fake), as in the reference DCGAN, so each BN batch is pure. In
@@ -16,6 +26,7 @@ D in inference mode (``train=False``: stored spectral-norm vectors, no updates).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -25,7 +36,7 @@ import optax
 
 from jaxgan import penalties
 from jaxgan.models.sampling import truncated_normal_latents
-from jaxgan.objectives import Objective, TermInputs
+from jaxgan.objectives import InputTransform, InstanceNoise, Objective, TermInputs, TransformStats
 from jaxgan.state import GANState, PlayerState, has_batch_norm
 
 Metrics = dict[str, jax.Array]
@@ -40,6 +51,14 @@ def _apply(module: nn.Module, params, model_state, inputs, labels, train: bool):
     return module.apply(variables, inputs, labels, train=train), model_state
 
 
+def split_outputs(out) -> tuple[jax.Array, Any]:
+    """A model's output -> (main output, auxiliary outputs or None): models may return ``(out, aux)``."""
+    if isinstance(out, tuple):
+        main, aux = out
+        return main, aux
+    return out, None
+
+
 def _float32(module: nn.Module) -> nn.Module:
     """The module computing in float32 (same parameters): gradient penalties differentiate D's input gradient,
     which a bfloat16 ``compute_dtype`` would make too coarse."""
@@ -51,8 +70,249 @@ def _pmean(tree, axis_name):
     return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
-def _add_noise(key, x, scale):
-    return x + scale * jax.random.normal(key, x.shape, x.dtype)
+def _update_to(p, u, target):
+    """An update v with ``p + v`` (float32 rounding) equal to ``target`` where ``p + u`` was outside the clip
+    range: ``target - p`` or a neighbouring float; where none lands exactly (|p| much larger than the range, which
+    only initial weights are), the neighbour that lands inside it."""
+    v = jnp.where(p + u == target, u, target - p)
+    up, down = jnp.nextafter(v, jnp.inf), jnp.nextafter(v, -jnp.inf)
+    inward = jnp.where(target > 0, down, up)
+    return jnp.where(p + v == target, v, jnp.where(p + up == target, up, jnp.where(p + down == target, down, inward)))
+
+
+def clip_weights_transform(clip_value: float, inner: optax.GradientTransformation | None = None
+                           ) -> optax.GradientTransformation:
+    """Original WGAN weight clipping as the last link of D's optimizer chain: the updates become those that put
+    every parameter at ``clip(p + u, -c, c)``. Unclipped parameters get ``p + u`` bit for bit. A clipped one gets
+    ±c exactly where some float update lands there; where none does (``p`` or ``±c - p`` on a coarser float grid
+    than c: a weight crossing from +c towards -c, or an initial weight far outside the range), it lands inside
+    the range within 2 ulps of max(|p|, c). After `optax.apply_updates` every parameter is in [-c, c].
+
+    Without ``inner`` it is a stateless link for ``optax.chain(optimizer, clip_weights_transform(c))``. With
+    ``inner`` it is ``inner`` followed by the clipping, with ``inner``'s own state (no chain level): the
+    optimizer state, and so the checkpoints, keep the layout of ``inner`` alone.
+    """
+    if not clip_value > 0:
+        raise ValueError(f"clip_value must be > 0, got {clip_value}")
+
+    def clip(updates, params):
+        if params is None:
+            raise ValueError("clip_weights_transform needs the params: call update(updates, state, params)")
+        clipped = penalties.clip_weights(jax.tree.map(jnp.add, params, updates), clip_value)
+        return jax.tree.map(_update_to, params, updates, clipped)
+
+    if inner is None:
+        return optax.GradientTransformation(lambda params: optax.EmptyState(),
+                                            lambda updates, state, params=None: (clip(updates, params), state))
+
+    def update_fn(updates, state, params=None):
+        updates, state = inner.update(updates, state, params)
+        return clip(updates, params), state
+
+    return optax.GradientTransformation(inner.init, update_fn)
+
+
+@dataclasses.dataclass(frozen=True)
+class Game:
+    """The static parts of a train step (closed over, never traced)."""
+    generator: nn.Module
+    discriminator: nn.Module
+    objective: Objective
+    g_optimizer: optax.GradientTransformation
+    d_optimizer: optax.GradientTransformation
+    n_critic: int = 1
+    ema_start: int = 0
+    clip_weights: float | None = None  # legacy: prefer `penalties.clip_weights_transform` on d_optimizer
+    instance_noise_anneal_steps: int | None = None  # legacy: for ``hparams["instance_noise"]`` without a transform
+    num_classes: int = 0
+    axis_name: str | None = None
+
+    @property
+    def penalty_discriminator(self) -> nn.Module:
+        return _float32(self.discriminator)  # penalties run D in float32 (see `_float32`)
+
+    def transforms(self, hparams) -> tuple[InputTransform, ...]:
+        """D's input transforms: the objective's, plus instance noise for a state with an ``instance_noise``
+        hparam whose objective has no such transform (states built before instance noise became one)."""
+        transforms = self.objective.transforms
+        if "instance_noise" in hparams and not any(t.name == "instance_noise" for t in transforms):
+            transforms = transforms + (InstanceNoise(anneal_steps=self.instance_noise_anneal_steps),)
+        return transforms
+
+    def per_device(self, key):
+        """Per-example randomness (input transforms, penalty interpolation): independent on each device."""
+        return key if self.axis_name is None else jax.random.fold_in(key, jax.lax.axis_index(self.axis_name))
+
+
+def sample_latents(game: Game, key, batch_size):
+    """(z [B, latent_dim], fake labels [B] or None) for this device.
+
+    Under a data axis every device holds the same key: it draws the *global* batch of latents and keeps this
+    device's slice, so N devices see exactly the latents of one device with the same global batch.
+    """
+    k_z, k_y = jax.random.split(key)
+    shards = 1 if game.axis_name is None else jax.lax.axis_size(game.axis_name)
+    z = jax.random.normal(k_z, (shards * batch_size, game.generator.latent_dim), jnp.float32)
+    labels = jax.random.randint(k_y, (shards * batch_size,), 0, game.num_classes) if game.num_classes else None
+    if game.axis_name is not None:
+        start = jax.lax.axis_index(game.axis_name) * batch_size
+        z = jax.lax.dynamic_slice_in_dim(z, start, batch_size)
+        labels = None if labels is None else jax.lax.dynamic_slice_in_dim(labels, start, batch_size)
+    return z, labels
+
+
+def _transform_state(state: GANState, transform: InputTransform):
+    if transform.name in state.transforms:
+        return state.transforms[transform.name]
+    if jax.tree.leaves(transform.init()):
+        raise ValueError(f"GANState.transforms lacks the state of input transform {transform.name!r}; build the "
+                         f"state with init_gan_state(..., transforms=objective.transforms)")
+    return transform.init()
+
+
+def transform_inputs(game: Game, state: GANState, key, *batches):
+    """Each of ``batches`` [B, ...] through D's input transforms in order. One transform uses ``key`` (split once
+    per batch when there are two); several use one split of it each."""
+    transforms = game.transforms(state.hparams)
+    keys = [key] if len(transforms) == 1 else list(jax.random.split(key, len(transforms)))
+    batches = list(batches)
+    for transform, k in zip(transforms, keys):
+        batch_keys = [k] if len(batches) == 1 else jax.random.split(k, len(batches))
+        t_state = _transform_state(state, transform)
+        batches = [transform.apply(t_state, bk, x, state.step, state.hparams) for bk, x in zip(batch_keys, batches)]
+    return batches
+
+
+def _d_outputs(game: Game, d_params, d_state, real, fake, real_labels, fake_labels):
+    """D on real and fake in training mode: (real_out, fake_out, real_aux, fake_aux, new model state)."""
+    if has_batch_norm(d_state):
+        real_out, d_state = _apply(game.discriminator, d_params, d_state, real, real_labels, True)
+        fake_out, d_state = _apply(game.discriminator, d_params, d_state, fake, fake_labels, True)
+        (real_out, real_aux), (fake_out, fake_aux) = split_outputs(real_out), split_outputs(fake_out)
+        return real_out, fake_out, real_aux, fake_aux, d_state
+    labels = None if real_labels is None else jnp.concatenate([real_labels, fake_labels])
+    out, d_state = _apply(game.discriminator, d_params, d_state, jnp.concatenate([real, fake]), labels, True)
+    n = real.shape[0]
+    out, aux = split_outputs(out)
+    real_aux, fake_aux = (jax.tree.map(lambda a: a[:n], aux), jax.tree.map(lambda a: a[n:], aux))
+    return out[:n], out[n:], real_aux, fake_aux, d_state
+
+
+def _d_fn(game: Game, d_params, d_state):
+    """Penalties' D: inference mode, float32, main output only; ``(x, labels) -> D(x)``."""
+    return lambda x, labels: split_outputs(_apply(game.penalty_discriminator, d_params, d_state, x, labels, False)[0])[0]
+
+
+def d_update(game: Game, state: GANState, g_model_state, real, real_labels, key, counter):
+    """One D update on real minibatch ``real`` [B, ...]; ``counter`` is the D-update count (lazy terms).
+
+    Returns (new D player, G's model state after generating the fakes, metrics, (D(real), D(fake)) before the
+    update).
+    """
+    k_z, k_noise, k_terms = jax.random.split(key, 3)
+    k_noise, k_terms = game.per_device(k_noise), game.per_device(k_terms)
+    z, fake_labels = sample_latents(game, k_z, real.shape[0])
+    fake, g_model_state = _apply(game.generator, state.g.params, g_model_state, z, fake_labels, train=True)
+    fake = jax.lax.stop_gradient(split_outputs(fake)[0])
+    real, fake = transform_inputs(game, state, k_noise, real, fake)
+
+    def loss_fn(d_params):
+        real_out, fake_out, real_aux, fake_aux, new_state = _d_outputs(game, d_params, state.d.model_state, real,
+                                                                       fake, real_labels, fake_labels)
+        inputs = TermInputs(real_out, fake_out, real, fake, _d_fn(game, d_params, new_state), k_terms,
+                            state.hparams, real_labels, fake_labels, real_aux, fake_aux, None, counter,
+                            state.transforms)
+        total, values = game.objective.evaluate("d", inputs)
+        return total, (values, new_state, real_out, fake_out)
+
+    (total, (values, d_state, real_out, fake_out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d.params)
+    grads = _pmean(grads, game.axis_name)
+    d_state = _pmean(d_state, game.axis_name)
+    updates, opt_state = game.d_optimizer.update(grads, state.d.opt_state, state.d.params)
+    params = optax.apply_updates(state.d.params, updates)
+    if game.clip_weights is not None:
+        params = penalties.clip_weights(params, game.clip_weights)
+    real_mean, fake_mean = jnp.mean(real_out), jnp.mean(fake_out)
+    metrics = {**{f"d/{k}": v for k, v in values.items()}, "d/total": total,
+               "d/grad_norm": optax.tree.norm(grads), "d/real_output": real_mean,
+               "d/fake_output": fake_mean, "wasserstein_estimate": real_mean - fake_mean}
+    return PlayerState(params, d_state, opt_state), g_model_state, metrics, (real_out, fake_out)
+
+
+def g_update(game: Game, state: GANState, real, real_labels, key):
+    """One G update; ``real`` (the last real minibatch, untransformed) only where a G term needs D(real).
+    Returns (new G player, metrics)."""
+    k_z, k_noise, k_terms = jax.random.split(key, 3)
+    k_noise, k_terms = game.per_device(k_noise), game.per_device(k_terms)
+    z, fake_labels = sample_latents(game, k_z, real.shape[0])
+    d = state.d
+
+    def loss_fn(g_params):
+        out, g_state = _apply(game.generator, g_params, state.g.model_state, z, fake_labels, train=True)
+        fake, g_aux = split_outputs(out)
+        fake, = transform_inputs(game, state, k_noise, fake)
+        fake_out, fake_aux = split_outputs(_apply(game.discriminator, d.params, d.model_state, fake, fake_labels,
+                                                  True)[0])
+        real_out = real_aux = None
+        if game.objective.g_needs_real:
+            real_out, real_aux = split_outputs(_apply(game.discriminator, d.params, d.model_state, real, real_labels,
+                                                      True)[0])
+        inputs = TermInputs(real_out, fake_out, real, fake, _d_fn(game, d.params, d.model_state), k_terms,
+                            state.hparams, real_labels, fake_labels, real_aux, fake_aux, g_aux, state.step,
+                            state.transforms)
+        total, values = game.objective.evaluate("g", inputs)
+        return total, (values, g_state)
+
+    (total, (values, g_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g.params)
+    grads = _pmean(grads, game.axis_name)
+    g_state = _pmean(g_state, game.axis_name)
+    updates, opt_state = game.g_optimizer.update(grads, state.g.opt_state, state.g.params)
+    params = optax.apply_updates(state.g.params, updates)
+    metrics = {**{f"g/{k}": v for k, v in values.items()}, "g/total": total, "g/grad_norm": optax.tree.norm(grads)}
+    return PlayerState(params, g_state, opt_state), metrics
+
+
+def update_transforms(game: Game, state: GANState, d_outputs) -> tuple[dict, Metrics]:
+    """Each input transform's `update` once per step, given (D(real), D(fake)) of the last D update: (new
+    ``GANState.transforms``, their metrics)."""
+    stats = TransformStats(state.step, state.hparams, *d_outputs)
+    new_states, metrics = dict(state.transforms), {}
+    for transform in game.transforms(state.hparams):
+        t_state, t_metrics = transform.update(_transform_state(state, transform), stats)
+        if transform.name in state.transforms:
+            new_states[transform.name] = t_state
+        metrics.update(t_metrics)
+    return new_states, metrics
+
+
+def ema_update(ema_params, params, step, hparams, ema_start: int = 0):
+    """EMA of G's weights with decay ``hparams["ema_decay"]`` from step ``ema_start`` (the weights themselves
+    before it, and always without that hparam)."""
+    if "ema_decay" not in hparams:
+        return params
+    decay = jnp.where(step >= ema_start, hparams["ema_decay"], 0.0)
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+def finite_flag(metrics: Metrics, *params) -> jax.Array:
+    """1.0 if every metric and parameter is finite, else 0.0 (float32 scalar)."""
+    finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]))
+    params_finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+    return jnp.logical_and(finite, params_finite).astype(jnp.float32)
+
+
+def check_step_inputs(game: Game, state: GANState, x) -> None:
+    """Trace-time checks of a step's inputs (shapes and the hparams the objective reads)."""
+    if x.shape[0] != game.n_critic:
+        raise ValueError(f"batch['x'] must have leading axis n_critic={game.n_critic}, got shape {x.shape}")
+    missing = sorted(set(game.objective.hparams) - set(state.hparams))
+    if missing:  # else a bare KeyError deep inside a term
+        raise ValueError(f"state.hparams lacks {missing}, which the objective reads; initialise the state with "
+                         f"init_gan_state(..., hparams={{**objective.hparams, ...}}) (objective.hparams holds "
+                         f"their defaults: {dict(game.objective.hparams)})")
+    if game.objective.has_gradient_penalty and has_batch_norm(state.d.model_state):
+        raise ValueError("a gradient penalty needs per-example input gradients, but D uses BatchNorm, which couples "
+                         "the examples of a batch; use a D with normalization 'layer_norm' or 'none'")
 
 
 def make_train_step(generator: nn.Module, discriminator: nn.Module, objective: Objective,
@@ -63,170 +323,49 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module, objective: O
     """Builds ``step(state, batch) -> (state, metrics)``.
 
     Args:
-      generator, discriminator: Flax modules with the calling convention of `jaxgan.state`.
-      objective: the game, see `jaxgan.objectives`.
-      g_optimizer, d_optimizer: separate optax optimizers (TTUR: different learning rates).
+      generator, discriminator: Flax modules with the calling convention of `jaxgan.state` (see above for
+        auxiliary outputs).
+      objective: the game, see `jaxgan.objectives` (terms and D's input transforms).
+      g_optimizer, d_optimizer: separate optax optimizers (TTUR: different learning rates); weight clipping is
+        `penalties.clip_weights_transform` chained onto d_optimizer.
       n_critic: D updates per G update (static).
-      ema_start: EMA of G's weights starts at this step (the average is the weights themselves before);
-        the decay is ``state.hparams["ema_decay"]``; without that hparam there is no EMA.
-      clip_weights: clip every D parameter to [-c, c] after each D update (original WGAN).
-      instance_noise_anneal_steps: Gaussian noise of scale ``hparams["instance_noise"]`` is added to both
-        of D's inputs (Arjovsky & Bottou 2017; Sønderby et al. 2017); the scale decays linearly to 0 over
-        this many steps (None: constant).
+      ema_start: EMA of G's weights starts at this step (`ema_update`; decay ``state.hparams["ema_decay"]``).
+      clip_weights: legacy: clip every D parameter to [-c, c] after each D update.
+      instance_noise_anneal_steps: legacy: the annealing of instance noise for a state with an
+        ``instance_noise`` hparam whose objective has no `objectives.instance_noise` transform.
       num_classes: > 0 for class-conditional models; fake labels are drawn uniformly.
       axis_name: data-parallel axis to average over (inside shard_map/pmap); None on one device.
     Metrics (scalars): ``d/<term>``, ``g/<term>``, ``d/total``, ``g/total``, ``d/grad_norm``,
     ``g/grad_norm``, ``d/real_output``, ``d/fake_output``, ``wasserstein_estimate`` (mean D(real) - mean
-    D(fake), the critic's W1 estimate for Wasserstein losses), ``instance_noise`` when used, ``finite``
-    (1.0 if every loss and parameter is finite), all from the last critic step for D.
+    D(fake), the critic's W1 estimate for Wasserstein losses), the input transforms' (``instance_noise``),
+    ``finite`` (1.0 if every loss and parameter is finite), all from the last critic step for D.
     """
     if n_critic < 1:
         raise ValueError(f"n_critic must be >= 1, got {n_critic}")
-    latent_dim = generator.latent_dim
-    penalty_discriminator = _float32(discriminator)  # penalties run D in float32 (see `_float32`)
-
-    def sample_latents(key, batch_size):
-        # Under a data axis every device holds the same key: draw the *global* batch of latents and keep this
-        # device's slice, so N devices see exactly the latents of one device with the same global batch.
-        k_z, k_y = jax.random.split(key)
-        shards = 1 if axis_name is None else jax.lax.axis_size(axis_name)
-        z = jax.random.normal(k_z, (shards * batch_size, latent_dim), jnp.float32)
-        labels = jax.random.randint(k_y, (shards * batch_size,), 0, num_classes) if num_classes else None
-        if axis_name is not None:
-            start = jax.lax.axis_index(axis_name) * batch_size
-            z = jax.lax.dynamic_slice_in_dim(z, start, batch_size)
-            labels = None if labels is None else jax.lax.dynamic_slice_in_dim(labels, start, batch_size)
-        return z, labels
-
-    def per_device(key):
-        # Per-example noise (instance noise, penalty interpolation): independent on each device.
-        return key if axis_name is None else jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-
-    def noise_scale(state):
-        if "instance_noise" not in state.hparams:
-            return None
-        scale = state.hparams["instance_noise"]
-        if instance_noise_anneal_steps:
-            scale = scale * jnp.maximum(0.0, 1.0 - state.step.astype(jnp.float32) / instance_noise_anneal_steps)
-        return scale
-
-    def d_update(state: GANState, g_model_state, real, real_labels, key):
-        k_z, k_noise, k_terms = jax.random.split(key, 3)
-        k_noise, k_terms = per_device(k_noise), per_device(k_terms)
-        z, fake_labels = sample_latents(k_z, real.shape[0])
-        fake, g_model_state = _apply(generator, state.g.params, g_model_state, z, fake_labels, train=True)
-        fake = jax.lax.stop_gradient(fake)
-        scale = noise_scale(state)
-        if scale is not None:
-            k_real, k_fake = jax.random.split(k_noise)
-            real, fake = _add_noise(k_real, real, scale), _add_noise(k_fake, fake, scale)
-        d_state = state.d.model_state
-        joint = not has_batch_norm(d_state)
-
-        def loss_fn(d_params):
-            if joint:
-                labels = None if real_labels is None else jnp.concatenate([real_labels, fake_labels])
-                out, new_state = _apply(discriminator, d_params, d_state, jnp.concatenate([real, fake]), labels, True)
-                real_out, fake_out = out[:real.shape[0]], out[real.shape[0]:]
-            else:
-                real_out, new_state = _apply(discriminator, d_params, d_state, real, real_labels, True)
-                fake_out, new_state = _apply(discriminator, d_params, new_state, fake, fake_labels, True)
-
-            def d_fn(x, labels):  # penalties: inference mode, float32; the terms pass the labels of x
-                return _apply(penalty_discriminator, d_params, new_state, x, labels, False)[0]
-
-            inputs = TermInputs(real_out, fake_out, real, fake, d_fn, k_terms, state.hparams, real_labels,
-                                fake_labels)
-            total, values = objective.evaluate("d", inputs)
-            return total, (values, new_state, real_out, fake_out)
-
-        (total, (values, d_state, real_out, fake_out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d.params)
-        grads = _pmean(grads, axis_name)
-        d_state = _pmean(d_state, axis_name)
-        updates, opt_state = d_optimizer.update(grads, state.d.opt_state, state.d.params)
-        params = optax.apply_updates(state.d.params, updates)
-        if clip_weights is not None:
-            params = penalties.clip_weights(params, clip_weights)
-        real_mean, fake_mean = jnp.mean(real_out), jnp.mean(fake_out)
-        metrics = {**{f"d/{k}": v for k, v in values.items()}, "d/total": total,
-                   "d/grad_norm": optax.tree.norm(grads), "d/real_output": real_mean,
-                   "d/fake_output": fake_mean, "wasserstein_estimate": real_mean - fake_mean}
-        if scale is not None:
-            metrics["instance_noise"] = scale
-        return PlayerState(params, d_state, opt_state), g_model_state, metrics
-
-    def g_update(state: GANState, real, real_labels, key):
-        k_z, k_noise, k_terms = jax.random.split(key, 3)
-        k_noise, k_terms = per_device(k_noise), per_device(k_terms)
-        z, fake_labels = sample_latents(k_z, real.shape[0])
-        scale = noise_scale(state)
-        d = state.d
-
-        def loss_fn(g_params):
-            fake, g_state = _apply(generator, g_params, state.g.model_state, z, fake_labels, train=True)
-            noisy_fake = fake if scale is None else _add_noise(k_noise, fake, scale)
-            fake_out, _ = _apply(discriminator, d.params, d.model_state, noisy_fake, fake_labels, True)
-            real_out = None
-            if objective.g_needs_real:
-                real_out, _ = _apply(discriminator, d.params, d.model_state, real, real_labels, True)
-
-            def d_fn(x, labels):
-                return _apply(penalty_discriminator, d.params, d.model_state, x, labels, False)[0]
-
-            inputs = TermInputs(real_out, fake_out, real, noisy_fake, d_fn, k_terms, state.hparams, real_labels,
-                                fake_labels)
-            total, values = objective.evaluate("g", inputs)
-            return total, (values, g_state)
-
-        (total, (values, g_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g.params)
-        grads = _pmean(grads, axis_name)
-        g_state = _pmean(g_state, axis_name)
-        updates, opt_state = g_optimizer.update(grads, state.g.opt_state, state.g.params)
-        params = optax.apply_updates(state.g.params, updates)
-        metrics = {**{f"g/{k}": v for k, v in values.items()}, "g/total": total, "g/grad_norm": optax.tree.norm(grads)}
-        return PlayerState(params, g_state, opt_state), metrics
+    game = Game(generator, discriminator, objective, g_optimizer, d_optimizer, n_critic, ema_start, clip_weights,
+                instance_noise_anneal_steps, num_classes, axis_name)
 
     def step(state: GANState, batch: dict) -> tuple[GANState, Metrics]:
-        x = batch["x"]
-        labels = batch.get("label")
-        if x.shape[0] != n_critic:
-            raise ValueError(f"batch['x'] must have leading axis n_critic={n_critic}, got shape {x.shape}")
-        missing = sorted(set(objective.hparams) - set(state.hparams))
-        if missing:  # else a bare KeyError deep inside a term
-            raise ValueError(f"state.hparams lacks {missing}, which the objective reads; initialise the state with "
-                             f"init_gan_state(..., hparams={{**objective.hparams, ...}}) (objective.hparams holds "
-                             f"their defaults: {dict(objective.hparams)})")
-        if objective.has_gradient_penalty and has_batch_norm(state.d.model_state):
-            raise ValueError("a gradient penalty needs per-example input gradients, but D uses BatchNorm, which couples "
-                             "the examples of a batch; use a D with normalization 'layer_norm' or 'none'")
+        x, labels = batch["x"], batch.get("label")
+        check_step_inputs(game, state, x)
         key, d_key, g_key = jax.random.split(state.key, 3)
-
         # The critic steps are unrolled rather than run under lax.scan: XLA:CPU runs convolutions inside a
         # while loop ~25x slower (measured with the digits classifier), and n_critic is small and static.
         d_player, g_model_state = state.d, state.g.model_state
-        d_keys = jax.random.split(d_key, n_critic)
-        for i in range(n_critic):
-            d_player, g_model_state, d_metrics = d_update(state.replace(d=d_player), g_model_state, x[i],
-                                                          None if labels is None else labels[i], d_keys[i])
+        for i, d_key_i in enumerate(jax.random.split(d_key, n_critic)):
+            d_player, g_model_state, d_metrics, d_outputs = d_update(
+                game, state.replace(d=d_player), g_model_state, x[i], None if labels is None else labels[i],
+                d_key_i, state.step * n_critic + i)
         state = state.replace(d=d_player, g=state.g.replace(model_state=g_model_state))
-        g_player, g_metrics = g_update(state, x[-1], None if labels is None else labels[-1], g_key)
-
-        ema = g_player.params
-        if "ema_decay" in state.hparams:
-            decay = jnp.where(state.step >= ema_start, state.hparams["ema_decay"], 0.0)
-            ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.g_ema_params, g_player.params)
-
-        metrics = {**d_metrics, **g_metrics}
-        metrics = _pmean(metrics, axis_name)
-        finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]))
-        params_finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in
-                                             jax.tree.leaves((g_player.params, d_player.params))]))
-        metrics["finite"] = jnp.logical_and(finite, params_finite).astype(jnp.float32)
-        new_state = state.replace(step=state.step + 1, key=key, g=g_player, d=d_player, g_ema_params=ema)
-        return new_state, metrics
+        transforms, t_metrics = update_transforms(game, state, d_outputs)
+        g_player, g_metrics = g_update(game, state, x[-1], None if labels is None else labels[-1], g_key)
+        ema = ema_update(state.g_ema_params, g_player.params, state.step, state.hparams, ema_start)
+        metrics = _pmean({**d_metrics, **t_metrics, **g_metrics}, axis_name)
+        metrics["finite"] = finite_flag(metrics, g_player.params, d_player.params)
+        return state.replace(step=state.step + 1, key=key, g=g_player, d=d_player, g_ema_params=ema,
+                             transforms=transforms), metrics
 
     return step
-
 
 
 def inline_multi_steps(has_convolutions: bool) -> bool:
@@ -285,4 +424,4 @@ def sample(generator: nn.Module, params, model_state, key: jax.Array, num: int, 
     z = truncated_normal_latents(k_z, (num, generator.latent_dim), truncation)
     if num_classes and labels is None:
         labels = jax.random.randint(k_y, (num,), 0, num_classes)
-    return _apply(generator, params, model_state, z, labels, train=False)[0]
+    return split_outputs(_apply(generator, params, model_state, z, labels, train=False)[0])[0]
