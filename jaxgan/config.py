@@ -1,12 +1,20 @@
-"""A run's configuration: the plain `Config` dataclass and `ConfigError`, the error every bad value raises.
+"""A run's configuration: the frozen `Config` dataclass, its fields' metadata, and `ConfigError`.
 
 A leaf of the package (it imports only `jaxgan.data.toy`), so any module can raise `ConfigError` without
 importing what builds an experiment. `jaxgan.experiment` re-exports both names and validates a `Config`.
+
+Every field is declared with `option`, which records in the field's metadata its help text, the *section*
+that consumes it (`SECTIONS`), how a sweep may vary it (`SWEEP_KINDS`) and whether a resumed run may change
+it. The launchers' flags and ``--help`` (`jaxgan.cli.common`), the sweep's grouping (`jaxgan.sweep`) and
+the resume rule (`jaxgan.training.check_workdir`) are derived from it (`fields_where`, `resumable_fields`,
+`section_fields`, `field_type`): no list of field names is kept anywhere else.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import typing
 
 from jaxgan.data import toy
 
@@ -15,77 +23,174 @@ class ConfigError(ValueError):
     """A bad flag value or combination; the message names the flag and what is accepted."""
 
 
+SECTIONS = ("data", "model", "objective", "optimization", "loop", "evaluation", "mesh")
+SWEEP_KINDS = {  # how a study (jaxgan.sweep) may vary a field; None: not at all (seed: --seeds)
+    "runtime": "a run-time hyperparameter (GANState.hparams): runs differing in it share one program",
+    "group": "changes the compiled program but no shapes: --sweep values and --losses entries form separate groups",
+    "group_entry": "changes shapes: a --losses entry may set it for its group, --sweep may not",
+    "shape": "changes array shapes or the data: never varied inside one study",
+}
+
+
+def option(default, help: str, *, section: str, sweep: str | None = None, resume: bool = False):  # noqa: A002
+    """A `Config` field: ``default``, its ``--help`` text, the consuming ``section`` (one of `SECTIONS`),
+    its ``sweep`` kind (a key of `SWEEP_KINDS` or None) and whether a resume (``resume=True``) may change it."""
+    if section not in SECTIONS or (sweep is not None and sweep not in SWEEP_KINDS):
+        raise ValueError(f"option: section {section!r} / sweep {sweep!r}; accepted: {SECTIONS} / {tuple(SWEEP_KINDS)}")
+    return dataclasses.field(default=default, metadata=dict(help=help, section=section, sweep=sweep, resume=resume))
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Every setting of a run, one field per training flag (``--<field>``); 0 or "" means the default named
-    beside it."""
-  # data
-    dataset: str = "ring8"  # ring8, grid25, lines, digits, folder:PATH, or a TFDS image dataset name
-    mixture_modes: int = 0  # 0: the dataset's default (8 for ring8, 25 for grid25)
-    mixture_radius: float = 0.0  # 0: default (1.0)
-    mixture_std: float = 0.0  # 0: default (0.01 ring8, 0.05 grid25)
-    mixture_spacing: float = 0.0  # 0: default (2.0)
-    image_size: int = 32
-    channels: int = 1
-    data_dir: str = ""
-    skip_corrupt_images: bool = False  # folder:PATH: leave out undecodable files (else: an error naming them)
-    # model
-    model: str = "mlp"
-    latent_dim: int = 0  # 0: the model's default
-    width: int = 0  # 0: the model's default (MLP hidden width, DCGAN ngf/ndf, ResNet ch), for G and D
-    g_width: int = 0  # 0: --width; G's own width (SNGAN: G ch 64 -> 256 channels, D ch 32 -> 128)
-    d_width: int = 0  # 0: --width; D's own width
-    depth: int = 3  # MLP hidden layers
-    d_normalization: str = ""  # "": the model's default; batch_norm, layer_norm, none
-    conditional: bool = False
-    attention_resolution: int = 0
-    conv_impl: str = "auto"  # auto | xla | dnnl: convolutions of the image models (jaxgan.models.layers)
-    # objective
-    loss: str = "non_saturating"
-    penalty: str = "none"
-    penalty_weight: float = 10.0
-    label_smoothing: float = 0.0
-    clip_weights: float = 0.0  # 0: off
-    instance_noise: float = 0.0  # 0: off
-    instance_noise_anneal_steps: int = 0  # 0: constant noise
-    # optimisation
-    optimizer: str = "adam"
-    g_lr: float = 2e-4
-    d_lr: float = 2e-4
-    b1: float = 0.5
-    b2: float = 0.999
-    lr_decay: str = "none"  # none | linear (to 0 at --steps)
-    n_critic: int = 1
-    batch_size: int = 64
-    steps: int = 10000
-    seed: int = 0
-    ema_decay: float = 0.0  # 0: no EMA
-    ema_start: int = 0
-    # bookkeeping
-    log_every: int = 100
-    sample_every: int = 0  # 0: only at the end
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    num_samples: int = 2500  # samples in the final 2D plot / mode metrics
-    # reliability (jaxgan.reliability)
-    on_nan: str = "stop"  # stop | skip | rollback: what a NaN/Inf loss or parameter does
-    nan_lr_factor: float = 0.5  # --on_nan=rollback multiplies the learning rates by this
-    max_rollbacks: int = 3  # --on_nan=rollback gives up (stops) after this many rollbacks
-    # parallelism (jaxgan.parallel): a ("seed", "data") device mesh
-    mesh_data: int = 0  # devices on the data axis (global batch split, gradients averaged); 0: all devices
-    mesh_seed: int = 1  # devices on the seed axis (stacked runs of a sweep); 1 for a single run
+    in the field's help."""
+    # data (jaxgan.data)
+    dataset: str = option("ring8", "ring8, grid25, lines (2D); digits, folder:PATH, or a TFDS image dataset (mnist, "
+                          "cifar10, ...)", section="data", sweep="shape")
+    mixture_modes: int = option(0, "modes of ring8/grid25 (0: 8 / 25)", section="data", sweep="shape")
+    mixture_radius: float = option(0.0, "ring radius (0: 1.0)", section="data", sweep="shape")
+    mixture_std: float = option(0.0, "std of each mode (0: 0.01 ring8, 0.05 grid25)", section="data", sweep="shape")
+    mixture_spacing: float = option(0.0, "grid spacing (0: 2.0)", section="data", sweep="shape")
+    image_size: int = option(32, "image height = width", section="data", sweep="shape")
+    channels: int = option(1, "image channels (1 or 3)", section="data", sweep="shape")
+    data_dir: str = option("", "TFDS data directory (datasets prepared with `tfds build`)", section="data")
+    skip_corrupt_images: bool = option(
+        False, "folder:PATH datasets: leave out image files that cannot be decoded, with one warning line listing "
+        "them (default: refuse the run, naming them; files are checked at open)", section="data")
+    # model (jaxgan.models)
+    model: str = option("mlp", "mlp (2D data), dcgan, sngan, sagan", section="model", sweep="shape")
+    latent_dim: int = option(0, "size of z (0: the model's default)", section="model", sweep="shape")
+    width: int = option(0, "MLP hidden width / DCGAN ngf=ndf / ResNet ch, for G and D (0: the model's default)",
+                        section="model", sweep="shape")
+    g_width: int = option(0, "G's width where it differs from D's (0: --width); e.g. SNGAN on CIFAR-10: "
+                          "--g_width=64 (ResNet G with 256 channels) --d_width=32 (D with 128)",
+                          section="model", sweep="shape")
+    d_width: int = option(0, "D's width where it differs from G's (0: --width)", section="model", sweep="shape")
+    depth: int = option(3, "MLP hidden layers", section="model", sweep="shape")
+    d_normalization: str = option("", "DCGAN D normalisation: batch_norm (default), layer_norm, none (WGAN-GP "
+                                  "critic)", section="model", sweep="shape")
+    conditional: bool = option(False, "class-conditional G and D (labelled datasets)", section="model", sweep="shape")
+    attention_resolution: int = option(0, "SAGAN self-attention resolution (0: default)", section="model",
+                                       sweep="shape")
+    conv_impl: str = option("auto", "convolution implementation of the image models: auto (oneDNN on cpu where it "
+                            "can run, else the fastest XLA formulation per pass), xla (plain XLA convolutions), "
+                            "dnnl (oneDNN, cpu float32 only)", section="model",
+                            resume=True)  # the same convolutions by other kernels (rounding differs)
+    compute_dtype: str = option("float32", "float32 | bfloat16: activations and matmuls of the image models; "
+                                "parameters, optimizer state, losses and penalties stay float32", section="model")
+    # objective (jaxgan.objectives)
+    loss: str = option("non_saturating", "non_saturating, minimax, least_squares, wasserstein, hinge, relativistic, "
+                       "kl, reverse_kl, pearson, hellinger, js", section="objective", sweep="group")
+    penalty: str = option("none", "none, gradient_penalty, r1, r2, dragan", section="objective", sweep="group")
+    penalty_weight: float = option(10.0, "weight of --penalty", section="objective", sweep="runtime")
+    label_smoothing: float = option(
+        0.0, "s in [0, 1): D's target for real examples becomes 1 - s/2 (TF-GAN's smoothing, labels*(1-s) + s/2; "
+        "fake targets stay 0, G's loss is unchanged; JSD losses). Salimans et al.'s one-sided target 0.9 is s=0.2",
+        section="objective", sweep="runtime")
+    clip_weights: float = option(0.0, "clip D's weights to [-c, c] after each update (original WGAN; 0: off)",
+                                 section="objective", sweep="group")
+    instance_noise: float = option(0.0, "std of Gaussian noise added to D's inputs (0: off)", section="objective",
+                                   sweep="runtime")
+    instance_noise_anneal_steps: int = option(
+        0, "anneal the instance noise linearly to 0 over this many steps (0: constant)", section="objective",
+        sweep="group")
+    # optimization (jaxgan.experiment.make_optimizer, jaxgan.step)
+    optimizer: str = option("adam", "adam (--b1, --b2), rmsprop (optax defaults: decay 0.9, no momentum), sgd (no "
+                            "momentum)", section="optimization", sweep="group")
+    g_lr: float = option(2e-4, "generator learning rate", section="optimization", sweep="runtime")
+    d_lr: float = option(2e-4, "discriminator learning rate", section="optimization", sweep="runtime")
+    b1: float = option(0.5, "Adam beta1 (--optimizer=adam only: rmsprop and sgd refuse it)", section="optimization",
+                       sweep="group")
+    b2: float = option(0.999, "Adam beta2 (--optimizer=adam only: rmsprop and sgd refuse it)",
+                       section="optimization", sweep="group")
+    lr_decay: str = option("none", "none, linear (to 0 at --steps)", section="optimization", sweep="group")
+    n_critic: int = option(1, "D updates per G update", section="optimization", sweep="group_entry")
+    batch_size: int = option(64, "global batch size (per D update)", section="optimization", sweep="shape")
+    seed: int = option(0, "seed of init, latents and data order", section="optimization")
+    ema_decay: float = option(0.0, "EMA decay of G's weights (0: off)", section="optimization", sweep="runtime")
+    ema_start: int = option(0, "step at which the EMA starts", section="optimization", sweep="group")
+    # loop (jaxgan.training: length, bookkeeping, reliability, performance)
+    steps: int = option(10000, "G updates to train for", section="loop", resume=True)
+    log_every: int = option(100, "steps between metric lines", section="loop", resume=True)
+    sample_every: int = option(0, "steps between sample pictures (0: only at the end)", section="loop", resume=True)
+    checkpoint_every: int = option(1000, "steps between checkpoints", section="loop", resume=True)
+    keep_checkpoints: int = option(3, "checkpoints to keep", section="loop", resume=True)
+    num_samples: int = option(2500, "samples for the final 2D plot and mode metrics", section="loop", sweep="shape",
+                              resume=True)
+    on_nan: str = option("stop", "what a NaN/Inf loss or parameter does: stop (exit code 3), skip (drop that "
+                         "update), rollback (restore the last good checkpoint with lower learning rates)",
+                         section="loop", resume=True)
+    nan_lr_factor: float = option(0.5, "--on_nan=rollback multiplies the learning rates by this (0 < f < 1)",
+                                  section="loop", resume=True)
+    max_rollbacks: int = option(3, "--on_nan=rollback stops after this many rollbacks", section="loop", resume=True)
+    steps_per_call: int = option(1, "train steps per jitted call (lax.scan): cuts dispatch overhead for small (MLP) "
+                                 "models; log, checkpoint, sample and eval intervals must be multiples of it",
+                                 section="loop", resume=True)  # the same steps, run k per jitted call
+    # mesh (jaxgan.parallel): a ("seed", "data") device mesh
+    mesh_data: int = option(0, "devices on the data axis: the global batch is split, gradients averaged (0: all "
+                            "devices; 1 on a single-process CPU run, whose simulated devices share the cores)",
+                            section="mesh")
+    mesh_seed: int = option(1, "devices on the seed axis: stacked runs of a sweep split over devices (1 for "
+                            "launch/train.py)", section="mesh")
     # evaluation during training (jaxgan.evaluation): scores logged as eval/<name>
-    eval_every: int = 0  # 0: off; else evaluate every this many steps (and at the last step)
-    eval_metrics: str = "fid,is"  # comma-separated subset of fid, kid, is, pr
-    eval_num_samples: int = 2000  # generated samples per evaluation
-    eval_inception_weights: str = ""  # converted FID Inception .npz (needed for --eval_every on non-digits data)
-    # performance (benchmarks/step_throughput.py measures both)
-    steps_per_call: int = 1  # train steps per jitted call (lax.scan): cuts dispatch overhead for small (MLP) models
-    compute_dtype: str = "float32"  # float32 | bfloat16: activations/matmuls of image models; params, optimizer state, losses and penalties stay float32
+    eval_every: int = option(0, "steps between evaluations logged as eval/<name> (0: off; jaxgan.evaluation, as "
+                             "launch/evaluate.py)", section="evaluation", resume=True)
+    eval_metrics: str = option("fid,is", "metrics of --eval_every: comma-separated subset of fid, kid, is, pr",
+                               section="evaluation", resume=True)
+    eval_num_samples: int = option(2000, "generated samples per --eval_every evaluation", section="evaluation",
+                                   resume=True)
+    eval_inception_weights: str = option("", "converted FID Inception .npz for --eval_every on non-digits data "
+                                         "(python -m jaxgan.metrics.features convert IN.pth OUT.npz)",
+                                         section="evaluation", resume=True)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        """A config from a stored ``{field: value}`` (a workdir's config.json): unknown keys are dropped (a
+        newer version's fields), missing ones take their defaults (an older version's)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
     @property
     def is_toy(self) -> bool:
         return self.dataset in toy.TOY_DATASETS
+
+
+def fields_where(**metadata) -> tuple[str, ...]:
+    """Names of the `Config` fields whose metadata equal ``metadata`` (e.g. ``sweep="runtime"``), in declaration
+    order."""
+    return tuple(f.name for f in dataclasses.fields(Config)
+                 if all(f.metadata.get(k) == v for k, v in metadata.items()))
+
+
+def section_fields(section: str) -> tuple[str, ...]:
+    """The fields one consumer reads (``section`` from `SECTIONS`)."""
+    if section not in SECTIONS:
+        raise ValueError(f"section {section!r} is not one of {SECTIONS}")
+    return fields_where(section=section)
+
+
+def resumable_fields() -> tuple[str, ...]:
+    """Fields a rerun on the same workdir may change (extending a run, logging more often, ...)."""
+    return fields_where(resume=True)
+
+
+def field_help(name: str) -> str:
+    return _fields()[name].metadata["help"]
+
+
+def field_type(name: str) -> type:
+    """The Python type of a field (bool, int, float or str), for parsing flag and sweep values."""
+    return _types()[name]
+
+
+@functools.cache
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(Config)}
+
+
+@functools.cache
+def _types() -> dict[str, type]:
+    return typing.get_type_hints(Config)

@@ -1,4 +1,4 @@
-"""``python launch/evaluate.py`` in a checkout = ``jaxgan-evaluate`` (`jaxgan.cli.evaluate`; flags: --helpfull)."""
+"""``python launch/evaluate.py`` in a checkout = ``jaxgan-evaluate`` (`jaxgan.cli.evaluate`; flags: --help)."""
 import os
 import sys
 

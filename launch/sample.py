@@ -1,4 +1,4 @@
-"""``python launch/sample.py`` in a checkout = ``jaxgan-sample`` (`jaxgan.cli.sample`; flags: --helpfull)."""
+"""``python launch/sample.py`` in a checkout = ``jaxgan-sample`` (`jaxgan.cli.sample`; flags: --help)."""
 import os
 import sys
 

@@ -1,4 +1,4 @@
-"""``python launch/train.py`` in a checkout = ``jaxgan-train`` (`jaxgan.cli.train`; flags: --helpfull)."""
+"""``python launch/train.py`` in a checkout = ``jaxgan-train`` (`jaxgan.cli.train`; flags: --help)."""
 import os
 import sys
 

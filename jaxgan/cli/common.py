@@ -8,86 +8,27 @@ import os
 import pathlib
 import re
 import sys
+import typing
 from typing import Callable
 
 from absl import flags
 
-HELP = {
-    "dataset": "ring8, grid25, lines (2D); digits, folder:PATH, or a TFDS image dataset (mnist, cifar10, ...)",
-    "mixture_modes": "modes of ring8/grid25 (0: 8 / 25)",
-    "mixture_radius": "ring radius (0: 1.0)",
-    "mixture_std": "std of each mode (0: 0.01 ring8, 0.05 grid25)",
-    "mixture_spacing": "grid spacing (0: 2.0)",
-    "image_size": "image height = width", "channels": "image channels (1 or 3)",
-    "data_dir": "TFDS data directory (datasets prepared with `tfds build`)",
-    "skip_corrupt_images": "folder:PATH datasets: leave out image files that cannot be decoded, with one warning "
-                           "line listing them (default: refuse the run, naming them; files are checked at open)",
-    "model": "mlp (2D data), dcgan, sngan, sagan", "latent_dim": "size of z (0: the model's default)",
-    "width": "MLP hidden width / DCGAN ngf=ndf / ResNet ch, for G and D (0: the model's default)",
-    "g_width": "G's width where it differs from D's (0: --width); e.g. SNGAN on CIFAR-10: --g_width=64 (ResNet G "
-               "with 256 channels) --d_width=32 (D with 128)",
-    "d_width": "D's width where it differs from G's (0: --width)",
-    "depth": "MLP hidden layers",
-    "d_normalization": "DCGAN D normalisation: batch_norm (default), layer_norm, none (WGAN-GP critic)",
-    "conditional": "class-conditional G and D (labelled datasets)",
-    "attention_resolution": "SAGAN self-attention resolution (0: default)",
-    "conv_impl": "convolution implementation of the image models: auto (oneDNN on cpu where it can run, else the "
-                 "fastest XLA formulation per pass), xla (plain XLA convolutions), dnnl (oneDNN, cpu float32 only)",
-    "loss": "non_saturating, minimax, least_squares, wasserstein, hinge, relativistic, kl, reverse_kl, pearson, "
-            "hellinger, js",
-    "penalty": "none, gradient_penalty, r1, r2, dragan", "penalty_weight": "weight of --penalty",
-    "label_smoothing": "s in [0, 1): D's target for real examples becomes 1 - s/2 (TF-GAN's smoothing, "
-                       "labels*(1-s) + s/2; fake targets stay 0, G's loss is unchanged; JSD losses). Salimans et "
-                       "al.'s one-sided target 0.9 is s=0.2",
-    "clip_weights": "clip D's weights to [-c, c] after each update (original WGAN; 0: off)",
-    "instance_noise": "std of Gaussian noise added to D's inputs (0: off)",
-    "instance_noise_anneal_steps": "anneal the instance noise linearly to 0 over this many steps (0: constant)",
-    "optimizer": "adam (--b1, --b2), rmsprop (optax defaults: decay 0.9, no momentum), sgd (no momentum)",
-    "g_lr": "generator learning rate", "d_lr": "discriminator learning rate",
-    "b1": "Adam beta1 (--optimizer=adam only: rmsprop and sgd refuse it)",
-    "b2": "Adam beta2 (--optimizer=adam only: rmsprop and sgd refuse it)",
-    "lr_decay": "none, linear (to 0 at --steps)",
-    "n_critic": "D updates per G update", "batch_size": "global batch size (per D update)",
-    "steps": "G updates to train for", "seed": "seed of init, latents and data order",
-    "ema_decay": "EMA decay of G's weights (0: off)", "ema_start": "step at which the EMA starts",
-    "log_every": "steps between metric lines", "sample_every": "steps between sample pictures (0: only at the end)",
-    "checkpoint_every": "steps between checkpoints", "keep_checkpoints": "checkpoints to keep",
-    "num_samples": "samples for the final 2D plot and mode metrics",
-    "on_nan": "what a NaN/Inf loss or parameter does: stop (exit code 3), skip (drop that update), rollback "
-              "(restore the last good checkpoint with lower learning rates)",
-    "nan_lr_factor": "--on_nan=rollback multiplies the learning rates by this (0 < f < 1)",
-    "max_rollbacks": "--on_nan=rollback stops after this many rollbacks",
-    "mesh_data": "devices on the data axis: the global batch is split, gradients averaged (0: all devices; "
-                 "1 on a single-process CPU run, whose simulated devices share the cores)",
-    "mesh_seed": "devices on the seed axis: stacked runs of a sweep split over devices (1 for launch/train.py)",
-    "eval_every": "steps between evaluations logged as eval/<name> (0: off; jaxgan.evaluation, as launch/evaluate.py)",
-    "eval_metrics": "metrics of --eval_every: comma-separated subset of fid, kid, is, pr",
-    "eval_num_samples": "generated samples per --eval_every evaluation",
-    "eval_inception_weights": "converted FID Inception .npz for --eval_every on non-digits data "
-                              "(python -m jaxgan.metrics.features convert IN.pth OUT.npz)",
-}
-
-
 EXIT_IO_ERROR = 74  # the disk filled up, or the workdir became read-only/unwritable (sysexits EX_IOERR)
 
 
-def define_config_flags(config_cls) -> None:
-    """One absl flag per field of the config dataclass, with its default."""
+def define_config_flags(config_cls, flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """One absl flag per field of the config dataclass, with its default and help text (the field's metadata,
+    `jaxgan.config.option`). A program lists them under ``--help`` with ``flags.adopt_module_key_flags(common)``
+    (`run_app` shows the program's key flags)."""
+    types = typing.get_type_hints(config_cls)
+    define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float}
     for field in dataclasses.fields(config_cls):
-        default, help_text = field.default, HELP.get(field.name, field.name)
-        if field.type in ("bool", bool):
-            flags.DEFINE_bool(field.name, default, help_text)
-        elif field.type in ("int", int):
-            flags.DEFINE_integer(field.name, default, help_text)
-        elif field.type in ("float", float):
-            flags.DEFINE_float(field.name, default, help_text)
-        else:
-            flags.DEFINE_string(field.name, default, help_text)
+        define.get(types[field.name], flags.DEFINE_string)(field.name, field.default, field.metadata["help"],
+                                                           flag_values=flag_values)
 
 
-def config_from_flags(config_cls):
-    values = {f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(config_cls)}
-    return config_cls(**values)
+def config_from_flags(config_cls, flag_values: flags.FlagValues = flags.FLAGS):
+    return config_cls(**{f.name: flag_values[f.name].value for f in dataclasses.fields(config_cls)})
 
 
 def enable_compile_cache(directory: str) -> None:
@@ -156,16 +97,21 @@ def parse_flags_one_line(argv: list[str]) -> list[str]:
             message = f"--{name} is required: {flags.FLAGS[name].help}"
         if isinstance(e, flags.CantOpenFlagFileError):
             message = f"--flagfile: {message}; shipped configs (by name): {', '.join(shipped_configs())}"
-        print(f"error: {message} (--helpfull lists the flags)", file=sys.stderr)
+        print(f"error: {message} (--help lists the flags)", file=sys.stderr)
         sys.exit(2)
 
 
 def run_app(main: Callable[[list[str]], int | None], doc: str | None) -> None:
-    """``absl.app.run(main)`` with one-line flag errors; ``--help`` prints ``doc`` (the program's docstring).
+    """``absl.app.run(main)`` with one-line flag errors; ``--help`` prints ``doc`` (the program's docstring) and
+    the key flags of ``main``'s module (its own flags and those it adopts, e.g. every Config flag).
 
-    absl prints the ``__main__`` module's docstring, which is a launcher wrapper's or a console script's."""
+    absl prints the ``__main__`` module's docstring and key flags, which are a launcher wrapper's or a console
+    script's (``sys.argv[0]``), so the program module's key flags are registered for it."""
     from absl import app
     sys.modules["__main__"].__doc__ = doc
+    if main.__module__ != "__main__":  # else (python -m jaxgan.cli.train) absl already files them under argv[0]
+        for flag in flags.FLAGS.get_key_flags_for_module(main.__module__):
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(main, flags_parser=parse_flags_one_line)
 
 
@@ -271,7 +217,7 @@ def check_writable(name: str, path, *, directory: bool = False) -> None:
 
 def read_flagfile(path, config_cls) -> dict:
     """The config fields set by an absl flagfile (``--name=value``, ``--flag``, ``--noflag``, # comments)."""
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    fields = typing.get_type_hints(config_cls)  # {name: bool, int, float or str}
     values = {}
     with open(path) as f:
         for line in f:
@@ -283,15 +229,11 @@ def read_flagfile(path, config_cls) -> dict:
                 name, value = name[2:], "false"
             if name not in fields:
                 raise ValueError(f"{path}: unknown flag --{name}")
-            kind = fields[name].type
-            if kind in ("bool", bool):
+            kind = fields[name]
+            if kind is bool:
                 values[name] = value.lower() not in ("false", "0") if value else True
-            elif kind in ("int", int):
-                values[name] = int(value)
-            elif kind in ("float", float):
-                values[name] = float(value)
             else:
-                values[name] = value
+                values[name] = kind(value)
     return values
 
 

@@ -1,8 +1,8 @@
 """Train a GAN: ``jaxgan-train --flagfile=quickstart.cfg --workdir=W`` (``python -m jaxgan.cli.train``,
 or ``python launch/train.py`` in a checkout). ``--flagfile`` takes a shipped config by name (jaxgan/configs).
 
-Every field of `jaxgan.experiment.Config` is a flag (``--helpfull`` lists them). Running the same command
-again resumes from the newest checkpoint in ``--workdir``.
+Every field of `jaxgan.experiment.Config` is a flag (``--help`` lists them with the launcher's own). Running
+the same command again resumes from the newest checkpoint in ``--workdir``.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from jaxgan.experiment import Config, ConfigError  # noqa: E402
 from jaxgan.cli import common as _common  # noqa: E402
 
 _common.define_config_flags(Config)
+flags.adopt_module_key_flags(_common)  # --help lists every Config flag
 flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and samples", required=True)
 flags.DEFINE_bool("overwrite", False, "start afresh in a workdir made by another configuration")
 flags.DEFINE_string("jax_cache_dir", "~/.cache/jaxgan/jax", "persistent compilation cache ('' to disable)")
