@@ -20,7 +20,8 @@ Feature extractors:
   on classifier logits) and ``classes_covered`` (classes predicted for at least one sample; always given).
 
 ``metrics`` picks among ``fid`` (the Fréchet distance in the extractor's features), ``kid``, ``is`` and
-``pr`` (improved precision/recall plus density/coverage). KID and PR need the features themselves: they
+``pr`` (improved precision/recall plus density/coverage): the metrics of `jaxgan.metrics.registry.METRICS`,
+each on the protocol of `jaxgan.metrics.protocol` (what it needs accumulated, its minimum sample count). KID and PR need the features themselves: they
 use the first ``max_feature_samples`` generated samples and a fixed random subset of that many reference
 samples; the record states those counts separately from the Fréchet distance's counts.
 
@@ -37,18 +38,17 @@ import math
 import os
 import pathlib
 import time
-import warnings
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.special
 from absl import logging
 
-from jaxgan.config import ConfigError
-from jaxgan.metrics import distances
+from jaxgan.metrics import registry
 from jaxgan.metrics.frechet import FeatureStats
+from jaxgan.metrics.protocol import (Context, EvaluationError, FeatureAccumulator, StreamingScore, Summary,
+                                    check_samples)
 
 __all__ = [
     "EXTRACTORS",
@@ -67,20 +67,13 @@ __all__ = [
     "write_json_atomic",
 ]
 
-METRICS = ("fid", "kid", "is", "pr")
+METRICS = tuple(registry.METRICS)  # the names; the metrics themselves: jaxgan.metrics.registry.METRICS
 EXTRACTORS = ("inception", "classifier")
 CLASSIFIER_SIZE = 28
 CLASSIFIER_VERSION = 1
 REFERENCE_VERSION = 1
-IS_SPLITS = 10
-KID_SUBSETS = 100
-KID_SUBSET_SIZE = 1000
-PR_K = 5
+IS_SPLITS = registry.METRICS["is"].num_splits  # of the reference side's score too
 BN_MODE = "inference (the generator's stored BatchNorm running statistics; train=False)"
-
-
-class EvaluationError(ConfigError):
-    """Bad evaluation input (metric names, sample counts, weights files, reference split): a one-line message."""
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -96,16 +89,7 @@ def write_json_atomic(path, record: dict) -> None:
 
 def parse_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
     """``"fid,kid"`` or ``("fid", "kid")`` -> ordered, de-duplicated tuple; unknown names raise EvaluationError."""
-    names = metrics.split(",") if isinstance(metrics, str) else list(metrics)
-    names = [str(n).strip().lower() for n in names if str(n).strip()]
-    if not names:
-        raise EvaluationError(f"--metrics is empty; accepted: a comma-separated subset of {','.join(METRICS)}")
-    unknown = [n for n in names if n not in METRICS]
-    if unknown:
-        raise EvaluationError(f"--metrics: unknown metric(s) {unknown}; accepted: a comma-separated subset of "
-                              f"{','.join(METRICS)} (fid: Fréchet distance, kid: kernel distance, is: Inception/"
-                              f"classifier score, pr: precision/recall/density/coverage)")
-    return tuple(dict.fromkeys(names))
+    return registry.parse_metrics(metrics)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,79 +260,6 @@ def build_extractor(dataset: str, feature_extractor: str | None = None, *, incep
 
 
 # ----------------------------------------------------------------------------------------------
-# Streaming accumulators
-# ----------------------------------------------------------------------------------------------
-class StreamingScore:
-    """The Inception Score of `jaxgan.metrics.distances.inception_score` accumulated batch by batch.
-
-    The N samples (N known in advance) fall into ``num_splits`` contiguous parts as `np.array_split` cuts them;
-    per part it keeps sum_i p_i [K] and sum_i sum_y p_iy log p_iy, which is all exp(mean KL(p_i || p)) needs.
-    Also counts argmax classes (for `classes_covered`).
-    """
-
-    def __init__(self, total: int, num_classes: int, num_splits: int = IS_SPLITS):
-        if total < num_splits:
-            raise EvaluationError(f"the score needs at least num_splits={num_splits} samples; got {total}")
-        sizes = [len(p) for p in np.array_split(np.arange(total), num_splits)]
-        self._ends = np.cumsum(sizes)
-        self._sizes = np.asarray(sizes, np.float64)
-        self._sum_p = np.zeros((num_splits, num_classes), np.float64)
-        self._sum_plogp = np.zeros((num_splits,), np.float64)
-        self.class_counts = np.zeros((num_classes,), np.int64)
-        self.total, self.seen = total, 0
-
-    def update(self, logits) -> None:
-        lg = np.asarray(logits, np.float64)
-        idx = self.seen + np.arange(lg.shape[0])
-        if idx.size and idx[-1] >= self.total:
-            raise ValueError(f"more than the announced {self.total} samples")
-        part = np.searchsorted(self._ends, idx, side="right")
-        log_p = scipy.special.log_softmax(lg, axis=1)
-        p = np.exp(log_p)
-        plogp = np.sum(np.where(p > 0, p * log_p, 0.0), axis=1)
-        np.add.at(self._sum_p, part, p)
-        np.add.at(self._sum_plogp, part, plogp)
-        self.class_counts += np.bincount(np.argmax(lg, axis=1), minlength=self.class_counts.shape[0])
-        self.seen += lg.shape[0]
-
-    def score(self) -> tuple[float, float]:
-        """(mean, std) over the splits, as `inception_score`."""
-        if self.seen != self.total:
-            raise ValueError(f"saw {self.seen} of the announced {self.total} samples")
-        p_y = self._sum_p / self._sizes[:, None]
-        cross = np.sum(np.where(self._sum_p > 0, self._sum_p * np.log(np.where(p_y > 0, p_y, 1.0)), 0.0), axis=1)
-        scores = np.exp((self._sum_plogp - cross) / self._sizes)
-        return float(scores.mean()), float(scores.std())
-
-    def classes_covered(self, min_count: int = 1) -> int:
-        return int(np.sum(self.class_counts >= min_count))
-
-
-class _FeatureAccumulator:
-    """FeatureStats over every sample, the first ``cap`` feature rows (for KID/PR), and the score."""
-
-    def __init__(self, extractor: Extractor, total: int, cap: int, need_rows: bool, need_score: bool):
-        self.stats = FeatureStats.empty(extractor.feature_dim)
-        self.rows: list[np.ndarray] = []
-        self.kept, self.cap, self.need_rows = 0, cap, need_rows
-        self.score = StreamingScore(total, extractor.num_classes) if need_score else None
-        self.class_counts = np.zeros((extractor.num_classes,), np.int64)
-
-    def update(self, features, logits) -> None:
-        self.stats = self.stats.update(features)
-        if self.need_rows and self.kept < self.cap:
-            take = np.asarray(features[: self.cap - self.kept], np.float32)
-            self.rows.append(take)
-            self.kept += take.shape[0]
-        if self.score is not None:
-            self.score.update(logits)
-        self.class_counts += np.bincount(np.argmax(np.asarray(logits), axis=1), minlength=self.class_counts.shape[0])
-
-    def features(self) -> np.ndarray:
-        return np.concatenate(self.rows) if self.rows else np.zeros((0, self.stats.dim), np.float32)
-
-
-# ----------------------------------------------------------------------------------------------
 # Reference statistics
 # ----------------------------------------------------------------------------------------------
 def reference_statistics(extractor: Extractor, *, dataset: str, split: str, image_size: int, channels: int,
@@ -397,7 +308,8 @@ def reference_statistics(extractor: Extractor, *, dataset: str, split: str, imag
         except (OSError, ValueError, KeyError, json.JSONDecodeError):
             pass  # recompute and overwrite
     order = np.random.default_rng(0).permutation(n_total)[:n_real]
-    acc = _FeatureAccumulator(extractor, n_real, feature_cap, True, n_real >= IS_SPLITS)
+    acc = FeatureAccumulator(extractor.feature_dim, extractor.num_classes, n_real, cap=feature_cap,
+                             num_splits=IS_SPLITS)
     t0 = time.perf_counter()
     for start in range(0, n_real, batch_size):
         x = np.stack([source.transform(source.records[int(i)])["x"] for i in order[start:start + batch_size]])
@@ -406,7 +318,7 @@ def reference_statistics(extractor: Extractor, *, dataset: str, split: str, imag
                  dataset, split, n_real, extractor.name, time.perf_counter() - t0, npz)
     rows = acc.features()
     score = list(acc.score.score()) if acc.score is not None else None
-    covered = int(np.sum(acc.class_counts >= 1))
+    covered = acc.classes_covered()
     description = f"{source.description}, split {split!r}: {n_real} of {n_total} examples"
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".{name}.{os.getpid()}.tmp.npz"
@@ -470,18 +382,21 @@ def evaluate(experiment, state, *, metrics: str | Sequence[str] = METRICS, num_s
         _warn(record_warnings, f"the classifier extractor was trained on scikit-learn digits; on "
                                f"--dataset={config.dataset} its features measure digit-likeness only")
 
-    need_rows = "kid" in wanted or "pr" in wanted
     ref = reference_statistics(extractor, dataset=config.dataset, split=reference, image_size=config.image_size,
                                channels=config.channels, data_dir=config.data_dir or None, num_real=num_real,
                                feature_cap=max_feature_samples, batch_size=batch_size, cache_dir=cache_dir)
     fake, step = _generated_features(experiment, state, extractor, num_samples=num_samples, batch_size=batch_size,
-                                     seed=seed, feature_cap=max_feature_samples, need_rows=need_rows)
-    out, protocol_metrics = _scores(wanted, extractor, fake, ref, record_warnings, num_samples=num_samples,
-                                    max_feature_samples=max_feature_samples, seed=seed)
+                                     seed=seed, feature_cap=max_feature_samples, needs=registry.needs(wanted))
+    real = Summary(ref["n_real"], ref["stats"], ref["features"], None if ref["score"] is None else tuple(ref["score"]))
+    context = Context(extractor.names, extractor.feature_dim, seed, lambda m: _warn(record_warnings, m))
+    _warn_feature_cap(wanted, fake, real, context, max_feature_samples)
+    out: dict[str, Any] = {"classes_covered": fake.classes_covered()} if extractor.name == "classifier" else {}
+    values, protocol_metrics = registry.compute(wanted, fake.summary(), real, context)
+    out.update(values)
 
     reference_metrics: dict[str, Any] = {}
-    if "is" in wanted and ref["score"] is not None:
-        reference_metrics[extractor.names["is"]] = ref["score"][0]
+    for name in wanted:
+        reference_metrics.update(registry.METRICS[name].reference_result(real, context))
     if extractor.name == "classifier":
         reference_metrics["classes_covered"] = ref["classes_covered"]
     use_ema = bool(config.ema_decay)
@@ -502,25 +417,28 @@ def evaluate(experiment, state, *, metrics: str | Sequence[str] = METRICS, num_s
 
 def _check_evaluate_arguments(config, wanted: tuple[str, ...], *, num_samples, batch_size, num_real,
                               max_feature_samples) -> None:
-    """Raises EvaluationError for a 2D run or a count `evaluate` cannot work with, naming the flag."""
+    """Raises EvaluationError for a 2D run or a count `evaluate` cannot work with, naming the flag; each metric's
+    ``min_samples`` bounds ``num_samples``, and the metrics that keep feature rows bound ``max_feature_samples``
+    (the reference cache holds rows for all of them)."""
     if config.is_toy:
         raise EvaluationError(f"evaluation metrics are for image runs; --dataset={config.dataset} is a 2D dataset "
                               f"(its mode coverage is in final_metrics.json)")
+    row_metrics = [n for n, m in registry.METRICS.items() if "rows" in m.needs]
     for name, value, low in (("num_samples", num_samples, 2), ("batch_size", batch_size, 1),
-                             ("max_feature_samples", max_feature_samples, PR_K + 1)):
+                             ("max_feature_samples", max_feature_samples, registry.min_samples(row_metrics))):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise EvaluationError(f"--{name} must be an integer >= {low}, got {value!r}")
     if num_real is not None and (not isinstance(num_real, (int, np.integer)) or num_real < 0):
         raise EvaluationError(f"--num_real must be an integer >= 0 (0: the whole split), got {num_real!r}")
-    if "is" in wanted and num_samples < IS_SPLITS:
-        raise EvaluationError(f"--metrics=is needs --num_samples >= {IS_SPLITS} (the score is averaged over "
-                              f"{IS_SPLITS} splits), got {num_samples}")
+    for name in wanted:
+        check_samples(registry.METRICS[name], num_samples)
 
 
 def _generated_features(experiment, state, extractor: Extractor, *, num_samples: int, batch_size: int, seed: int,
-                        feature_cap: int, need_rows: bool) -> tuple[_FeatureAccumulator, int]:
-    """(features of ``num_samples`` generated samples, the state's step). Streamed: one compiled generator call
-    per batch of fixed shape, batch b from ``fold_in(key(seed), b)``, the last batch cut to ``num_samples``."""
+                        feature_cap: int, needs) -> tuple[FeatureAccumulator, int]:
+    """(what the metrics ``needs`` of ``num_samples`` generated samples, the state's step). Streamed: one compiled
+    generator call per batch of fixed shape, batch b from ``fold_in(key(seed), b)``, the last batch cut to
+    ``num_samples``."""
     from jaxgan.experiment import sample_params
     from jaxgan.step import sample
 
@@ -530,7 +448,8 @@ def _generated_features(experiment, state, extractor: Extractor, *, num_samples:
     gen = jax.jit(lambda p, ms, k: sample(experiment.generator, p, ms, k, batch_size,
                                           num_classes=experiment.num_classes))
     key = jax.random.key(seed)
-    fake = _FeatureAccumulator(extractor, num_samples, feature_cap, need_rows, True)
+    fake = FeatureAccumulator(extractor.feature_dim, extractor.num_classes, num_samples, needs=needs,
+                              cap=feature_cap, num_splits=IS_SPLITS)
     for b in range(math.ceil(num_samples / batch_size)):
         x = np.asarray(gen(params, model_state, jax.random.fold_in(key, b)), np.float32)
         x = x[: num_samples - b * batch_size]
@@ -540,63 +459,12 @@ def _generated_features(experiment, state, extractor: Extractor, *, num_samples:
     return fake, step
 
 
-def _scores(wanted: tuple[str, ...], extractor: Extractor, fake: _FeatureAccumulator, ref: dict,
-            record_warnings: list, *, num_samples: int, max_feature_samples: int, seed: int) -> tuple[dict, dict]:
-    """({metric name: value}, {metric name: its protocol}) of the ``wanted`` metrics, generated ``fake`` against
-    the reference statistics ``ref``; warnings about sample counts go to ``record_warnings``."""
-    names = extractor.names
-    out: dict[str, Any] = {}
-    if extractor.name == "classifier":
-        out["classes_covered"] = fake.score.classes_covered()
-    protocol_metrics: dict[str, Any] = {}
-    if "fid" in wanted:
-        out[names["fid"]] = _frechet_distance(extractor, fake, ref, record_warnings, num_samples)
-        protocol_metrics[names["fid"]] = {"n_fake": num_samples, "n_real": ref["n_real"],
-                                          "statistics": "float64 streaming mean/covariance (ddof=1), scipy sqrtm"}
-    if "kid" in wanted or "pr" in wanted:
-        fake_rows, real_rows = fake.features(), ref["features"]
-        if num_samples > fake_rows.shape[0] or ref["n_real"] > real_rows.shape[0]:
-            which = " and ".join(n for n, on in (("KID", "kid" in wanted), ("PR", "pr" in wanted)) if on)
-            _warn(record_warnings, f"{which} "
-                                   f"use {fake_rows.shape[0]} of {num_samples} generated and {real_rows.shape[0]} "
-                                   f"of {ref['n_real']} reference samples (--max_feature_samples="
-                                   f"{max_feature_samples}: they hold the features in memory)")
-    if "kid" in wanted:
-        mean, std = distances.kernel_distance(real_rows, fake_rows, num_subsets=KID_SUBSETS,
-                                              max_subset_size=KID_SUBSET_SIZE, key=seed)
-        out[names["kid"]], out[names["kid"] + "_std"] = mean, std
-        protocol_metrics[names["kid"]] = {
-            "n_fake": int(fake_rows.shape[0]), "n_real": int(real_rows.shape[0]), "num_subsets": KID_SUBSETS,
-            "subset_size": int(min(KID_SUBSET_SIZE, fake_rows.shape[0], real_rows.shape[0])),
-            "kernel": "(x.y / D + 1)^3, unbiased MMD^2", "std": "over subsets (ddof=0)"}
-    if "is" in wanted:
-        mean, std = fake.score.score()
-        out[names["is"]], out[names["is"] + "_std"] = mean, std
-        protocol_metrics[names["is"]] = {"n_fake": num_samples, "num_splits": IS_SPLITS,
-                                         "std": "over splits (ddof=0)"}
-    if "pr" in wanted:
-        if fake_rows.shape[0] <= PR_K or real_rows.shape[0] <= PR_K:
-            raise EvaluationError(f"--metrics=pr needs more than k={PR_K} samples on each side")
-        out.update(distances.precision_recall_density_coverage(real_rows, fake_rows, k=PR_K))
-        protocol_metrics["pr"] = {"n_fake": int(fake_rows.shape[0]), "n_real": int(real_rows.shape[0]), "k": PR_K,
-                                  "names": ["precision", "recall", "density", "coverage"]}
-    return out, protocol_metrics
-
-
-def _frechet_distance(extractor: Extractor, fake: _FeatureAccumulator, ref: dict, record_warnings: list,
-                      num_samples: int) -> float:
-    """The Fréchet distance of the generated to the reference statistics; warns (naming the side) when a side
-    has no more samples than feature dimensions, which makes its covariance singular."""
-    name, dim = extractor.names["fid"], extractor.feature_dim
-    for label, n in (("generated", num_samples), ("reference", ref["n_real"])):
-        if n <= dim:
-            _warn(record_warnings, f"{name}: {n} {label} samples for {dim}-dimensional features: with "
-                                   f"N <= D the covariance is singular and the Fréchet distance is strongly "
-                                   f"biased (upwards); use more than {dim} samples for comparable numbers")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        distance = fake.stats.frechet_distance(ref["stats"])
-    for w in caught:  # N <= D is reported above, naming the side; other warnings are passed on
-        if issubclass(w.category, UserWarning) and "Covariance estimated from" not in str(w.message):
-            _warn(record_warnings, f"{name}: {w.message}")
-    return distance
+def _warn_feature_cap(wanted, fake: FeatureAccumulator, real: Summary, context: Context, cap: int) -> None:
+    """Warns when the metrics that hold feature rows (KID, PR) see fewer samples than the Fréchet distance."""
+    labels = [registry.METRICS[n].label for n in wanted if "rows" in registry.METRICS[n].needs]
+    if not labels:
+        return
+    n_fake, n_real = fake.features().shape[0], real.rows.shape[0]
+    if fake.total > n_fake or real.count > n_real:
+        context.warn(f"{' and '.join(labels)} use {n_fake} of {fake.total} generated and {n_real} of {real.count} "
+                     f"reference samples (--max_feature_samples={cap}: they hold the features in memory)")

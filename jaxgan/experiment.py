@@ -21,75 +21,140 @@ from jaxgan.data import toy
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 LR_DECAYS = ("none", "linear")
-TOY_MODELS = ("mlp",)
 
 
 def validate(config: Config, *, device_count: int | None = None) -> None:
     """Raises `ConfigError` for the first bad value, naming the flag and what is accepted.
 
+    The checks follow the config's sections (`jaxgan.config.SECTIONS`): the names first (``--dataset``,
+    ``--loss``, ``--penalty``, ``--model``), then data (`jaxgan.data.checks`), model (with
+    `jaxgan.models.validate_image_config`), objective, optimization, loop, mesh, evaluation, then the ranges of
+    every field and the rules across sections. Cheap: builds no model (only `_validate_model_size`, for
+    widths beyond the usual ones, counts parameters with `jax.eval_shape`).
+
     ``device_count``: the devices a data-parallel image run splits the batch over (None: not checked).
     """
-    from jaxgan import models  # lazy: image models pull in more modules
-
-    def check(ok: bool, message: str):
-        if not ok:
-            raise ConfigError(message)
-
+    from jaxgan.data import checks as data_checks
     _validate_dataset_name(config)
-    check(config.loss in objectives.LOSSES, f"--loss={config.loss!r} is not one of {sorted(objectives.LOSSES)}")
-    check(config.penalty in objectives.PENALTIES,
-          f"--penalty={config.penalty!r} is not one of {sorted(objectives.PENALTIES)}")
-    check(config.model in models.MODELS, f"--model={config.model!r} is not one of {sorted(models.MODELS)}")
-    if config.is_toy:
-        check(config.model in TOY_MODELS, f"--model={config.model} does not take 2D data ({config.dataset}); use "
-                                          f"--model=mlp")
-    else:
-        check(config.model not in TOY_MODELS,
-              f"--model=mlp is for the 2D datasets {toy.TOY_DATASETS}; for --dataset={config.dataset} use one of "
-              f"{sorted(set(models.MODELS) - set(TOY_MODELS))}")
-    for name in ("penalty_weight", "clip_weights", "instance_noise", "label_smoothing", "ema_decay",
-                 "mixture_radius", "mixture_std", "mixture_spacing"):
-        value = getattr(config, name)
-        check(math.isfinite(value) and value >= 0, f"--{name} must be a finite number >= 0, got {value}")
-    for name in ("g_lr", "d_lr"):
-        value = getattr(config, name)
-        check(math.isfinite(value) and value > 0, f"--{name} must be > 0, got {value}")
-    for name in ("b1", "b2"):
-        value = getattr(config, name)
-        check(0 <= value < 1, f"--{name} must be in [0, 1), got {value}")
-    check(config.label_smoothing < 1, f"--label_smoothing must be in [0, 1), got {config.label_smoothing}")
-    check(config.ema_decay < 1, f"--ema_decay must be in [0, 1), got {config.ema_decay}")
-    check(not config.label_smoothing or config.loss in ("non_saturating", "minimax"),
-          f"--label_smoothing applies to --loss=non_saturating or minimax, not {config.loss}")
-    for name in ("n_critic", "batch_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints",
-                 "num_samples", "depth"):
-        value = getattr(config, name)
-        check(value >= 1, f"--{name} must be >= 1, got {value}")
-    for name in ("latent_dim", "width", "g_width", "d_width", "sample_every", "ema_start",
-                 "instance_noise_anneal_steps", "mixture_modes", "attention_resolution"):
-        value = getattr(config, name)
-        check(value >= 0, f"--{name} must be >= 0, got {value}")
-    check(config.mesh_data >= 0, f"--mesh_data must be >= 0 (0: all devices), got {config.mesh_data}")
-    check(config.mesh_seed >= 1, f"--mesh_seed must be >= 1, got {config.mesh_seed}")
-    _validate_performance(config)
-    check(not config.mesh_data or config.batch_size % config.mesh_data == 0,
-          f"--batch_size={config.batch_size} (the global batch) is not divisible by --mesh_data={config.mesh_data}")
-    check(config.optimizer in OPTIMIZERS, f"--optimizer={config.optimizer!r} is not one of {OPTIMIZERS}")
-    check(config.lr_decay in LR_DECAYS, f"--lr_decay={config.lr_decay!r} is not one of {LR_DECAYS}")
-    check(config.penalty == "none" or config.penalty_weight > 0,
-          f"--penalty={config.penalty} needs --penalty_weight > 0, got {config.penalty_weight}")
-    check(not (config.clip_weights and config.penalty == "gradient_penalty"),
-          "--clip_weights and --penalty=gradient_penalty are alternatives (WGAN vs WGAN-GP); choose one")
-    if config.dataset == "grid25" and config.mixture_modes:
-        side = int(round(math.sqrt(config.mixture_modes)))
-        check(side * side == config.mixture_modes,
-              f"--mixture_modes for grid25 must be a square number, got {config.mixture_modes}")
-    if not config.is_toy:
-        models.validate_image_config(config)
+    _validate_names(config)
+    data_checks.validate_config(config)
+    _validate_model(config)
+    _validate_objective(config)
+    _validate_optimization(config)
+    _validate_loop(config)
+    _validate_mesh(config, device_count)
     _validate_evaluation(config)
-    _validate_reliability_and_combinations(config, device_count)
+    _validate_ranges(config)
+    _validate_combinations(config)
     _validate_flags_apply(config)
     _validate_model_size(config)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_at_least(config: Config, names: tuple[str, ...], low: int) -> None:
+    for name in names:
+        value = getattr(config, name)
+        _check(value >= low, f"--{name} must be >= {low}, got {value}")
+
+
+def _check_nonnegative_finite(config: Config, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        _check(math.isfinite(value) and value >= 0, f"--{name} must be a finite number >= 0, got {value}")
+
+
+def _validate_names(config: Config) -> None:
+    """--loss, --penalty, --model (and whether the model takes the dataset's kind of data)."""
+    from jaxgan import models  # lazy: image models pull in more modules
+    _check(config.loss in objectives.LOSSES, f"--loss={config.loss!r} is not one of {sorted(objectives.LOSSES)}")
+    _check(config.penalty in objectives.PENALTIES,
+           f"--penalty={config.penalty!r} is not one of {sorted(objectives.PENALTIES)}")
+    spec = models.get_spec(config.model)  # an unknown --model is a ConfigError listing the registered ones
+    if config.is_toy:
+        _check(spec.data == "2d", f"--model={config.model} does not take 2D data ({config.dataset}); use "
+                                  f"--model={' or '.join(models.models_for('2d'))}")
+    else:
+        _check(spec.data == "image",
+               f"--model={config.model} is for the 2D datasets {toy.TOY_DATASETS}; for --dataset={config.dataset} "
+               f"use one of {models.models_for('image')}")
+
+
+def _validate_model(config: Config) -> None:
+    """The model section: sizes, and what the chosen model accepts (`jaxgan.models.validate_image_config`)."""
+    from jaxgan import models
+    _check_at_least(config, ("depth",), 1)
+    _check_at_least(config, ("latent_dim", "width", "g_width", "d_width", "attention_resolution"), 0)
+    if config.is_toy:
+        _check(not config.d_normalization,
+               f"--d_normalization applies to --model=dcgan, not --model={config.model} on {config.dataset}")
+    else:
+        models.validate_image_config(config)
+
+
+def label_smoothing_losses() -> tuple[str, ...]:
+    """The ``--loss`` names whose objective takes the run-time hparam ``label_smoothing`` (`objectives.LOSSES`)."""
+    return tuple(name for name, make in objectives.LOSSES.items() if "label_smoothing" in make().hparams)
+
+
+def _validate_objective(config: Config) -> None:
+    """The objective section: weights, label smoothing, instance noise, weight clipping."""
+    _check_nonnegative_finite(config, ("penalty_weight", "clip_weights", "instance_noise", "label_smoothing"))
+    _check(config.label_smoothing < 1, f"--label_smoothing must be in [0, 1), got {config.label_smoothing}")
+    smoothing = label_smoothing_losses()
+    _check(not config.label_smoothing or config.loss in smoothing,
+           f"--label_smoothing applies to --loss={' or '.join(smoothing)}, not {config.loss}")
+    _check_at_least(config, ("instance_noise_anneal_steps",), 0)
+    _check(config.penalty == "none" or config.penalty_weight > 0,
+           f"--penalty={config.penalty} needs --penalty_weight > 0, got {config.penalty_weight}")
+    _check(not (config.clip_weights and config.penalty == "gradient_penalty"),
+           "--clip_weights and --penalty=gradient_penalty are alternatives (WGAN vs WGAN-GP); choose one")
+    _check(not config.instance_noise_anneal_steps or config.instance_noise > 0,
+           f"--instance_noise_anneal_steps={config.instance_noise_anneal_steps} needs --instance_noise > 0")
+
+
+def _validate_optimization(config: Config) -> None:
+    """The optimization section (`make_optimizer`, the step): learning rates, betas, EMA, batch, critic steps."""
+    for name in ("g_lr", "d_lr"):
+        value = getattr(config, name)
+        _check(math.isfinite(value) and value > 0, f"--{name} must be > 0, got {value}")
+    for name in ("b1", "b2"):
+        value = getattr(config, name)
+        _check(0 <= value < 1, f"--{name} must be in [0, 1), got {value}")
+    _check_nonnegative_finite(config, ("ema_decay",))
+    _check(config.ema_decay < 1, f"--ema_decay must be in [0, 1), got {config.ema_decay}")
+    _check_at_least(config, ("n_critic", "batch_size"), 1)
+    _check_at_least(config, ("ema_start",), 0)
+    _check(config.optimizer in OPTIMIZERS, f"--optimizer={config.optimizer!r} is not one of {OPTIMIZERS}")
+    _check(config.lr_decay in LR_DECAYS, f"--lr_decay={config.lr_decay!r} is not one of {LR_DECAYS}")
+    _check(not config.ema_start or config.ema_decay > 0, f"--ema_start={config.ema_start} needs --ema_decay > 0")
+
+
+def _validate_loop(config: Config) -> None:
+    """The loop section (`jaxgan.training`): length, intervals, the NaN policy, steps per call, dtypes."""
+    from jaxgan.reliability import NAN_POLICIES
+    _check_at_least(config, ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "num_samples"), 1)
+    _check_at_least(config, ("sample_every",), 0)
+    _validate_performance(config)
+    _check(config.on_nan in NAN_POLICIES, f"--on_nan={config.on_nan!r} is not one of {NAN_POLICIES}")
+    _check(math.isfinite(config.nan_lr_factor) and 0 < config.nan_lr_factor < 1,
+           f"--nan_lr_factor must be in (0, 1), got {config.nan_lr_factor}")
+    _check_at_least(config, ("max_rollbacks",), 1)
+
+
+def _validate_mesh(config: Config, device_count: int | None) -> None:
+    """The mesh section (`jaxgan.parallel`): axis sizes and the global batch they split."""
+    _check(config.mesh_data >= 0, f"--mesh_data must be >= 0 (0: all devices), got {config.mesh_data}")
+    _check(config.mesh_seed >= 1, f"--mesh_seed must be >= 1, got {config.mesh_seed}")
+    _check(not config.mesh_data or config.batch_size % config.mesh_data == 0,
+           f"--batch_size={config.batch_size} (the global batch) is not divisible by --mesh_data={config.mesh_data}")
+    if device_count and not config.is_toy and not config.mesh_data:
+        _check(config.batch_size % device_count == 0,
+               f"--batch_size={config.batch_size} is not divisible by the {device_count} devices; use a multiple "
+               f"of {device_count}")
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -103,10 +168,12 @@ def _validate_dataset_name(config: Config) -> None:
     if not name.strip() or name.strip() == "folder:":
         raise ConfigError(f"--dataset={name!r} is empty; accepted: {', '.join(toy.TOY_DATASETS)} (2D) or "
                           f"{ACCEPTED_NAMES}")
-    if not config.is_toy and config.model in TOY_MODELS:
+    from jaxgan.models import MODELS, models_for
+    spec = MODELS.get(config.model)
+    if not config.is_toy and spec is not None and spec.data == "2d":
         raise ConfigError(f"--dataset={name!r} is not a 2D dataset ({', '.join(toy.TOY_DATASETS)}), the data of "
-                          f"--model={config.model}; for an image dataset ({ACCEPTED_NAMES}) pass --model=dcgan, "
-                          f"sngan or sagan")
+                          f"--model={config.model}; for an image dataset ({ACCEPTED_NAMES}) pass --model="
+                          f"{', '.join(models_for('image'))}")
 
 
 MAX_PARAMETERS = 2**28  # per network: 1 GiB of float32 weights, 3 GiB with Adam's moments
@@ -215,8 +282,9 @@ def _validate_conv_impl(config: Config) -> None:
 
 def _validate_evaluation(config: Config) -> None:
     """--eval_every, --eval_metrics, --eval_num_samples (jaxgan.evaluation's part of `validate`)."""
+    from jaxgan.metrics import registry  # each metric states its minimum sample count
     metrics = [m.strip() for m in config.eval_metrics.split(",") if m.strip()]
-    accepted = ("fid", "kid", "is", "pr")
+    accepted = tuple(registry.METRICS)
     if config.eval_every < 0:
         raise ConfigError(f"--eval_every must be >= 0 (0: off), got {config.eval_every}")
     if config.eval_every and config.is_toy:
@@ -227,60 +295,38 @@ def _validate_evaluation(config: Config) -> None:
     if unknown:
         raise ConfigError(f"--eval_metrics={config.eval_metrics!r}: unknown {unknown}; accepted: a comma-separated "
                           f"subset of {','.join(accepted)}")
-    low = 10 if "is" in metrics else 6 if "pr" in metrics else 2
+    low = max(2, registry.min_samples(metrics))
     if config.eval_num_samples < low:
         raise ConfigError(f"--eval_num_samples must be >= {low} for --eval_metrics={config.eval_metrics}, got "
                           f"{config.eval_num_samples}")
 
 
-def _validate_reliability_and_combinations(config: Config, device_count: int | None) -> None:
-    """The NaN policy, integer ranges and flag combinations (jaxgan.reliability's part of `validate`)."""
-    from jaxgan import models
-    from jaxgan.reliability import NAN_POLICIES
+_MAXIMA = (("width", 2**16), ("g_width", 2**16), ("d_width", 2**16), ("latent_dim", 2**16), ("depth", 256),
+           ("n_critic", 1000), ("batch_size", 2**20), ("num_samples", 10**7), ("eval_num_samples", 10**7))
 
-    def check(ok: bool, message: str):
-        if not ok:
-            raise ConfigError(message)
 
-    check(config.on_nan in NAN_POLICIES, f"--on_nan={config.on_nan!r} is not one of {NAN_POLICIES}")
-    check(math.isfinite(config.nan_lr_factor) and 0 < config.nan_lr_factor < 1,
-          f"--nan_lr_factor must be in (0, 1), got {config.nan_lr_factor}")
-    check(config.max_rollbacks >= 1, f"--max_rollbacks must be >= 1, got {config.max_rollbacks}")
+def _validate_ranges(config: Config) -> None:
+    """Every int fits the device's int32 (seeds: uint32), every float is finite, and sizes are plausible."""
     for field in dataclasses.fields(config):  # steps and counters are int32 on device; seeds are uint32
         value = getattr(config, field.name)
         if isinstance(value, int) and not isinstance(value, bool):
             low, high = (0, 2**32 - 1) if field.name == "seed" else (-2**31, 2**31 - 1)
-            check(low <= value <= high, f"--{field.name}={value} is out of range; accepted: {low} to {high}")
+            _check(low <= value <= high, f"--{field.name}={value} is out of range; accepted: {low} to {high}")
         elif isinstance(value, float):
-            check(math.isfinite(value), f"--{field.name} must be a finite number, got {value}")
-    for name, high in (("width", 2**16), ("g_width", 2**16), ("d_width", 2**16), ("latent_dim", 2**16),
-                       ("depth", 256), ("n_critic", 1000), ("batch_size", 2**20), ("num_samples", 10**7), ("mixture_modes", 10**6),
-                       ("eval_num_samples", 10**7)):
-        check(getattr(config, name) <= high, f"--{name}={getattr(config, name)} is implausibly large; accepted: up to "
-                                             f"{high}")
-    check(not config.instance_noise_anneal_steps or config.instance_noise > 0,
-          f"--instance_noise_anneal_steps={config.instance_noise_anneal_steps} needs --instance_noise > 0")
-    check(not config.ema_start or config.ema_decay > 0, f"--ema_start={config.ema_start} needs --ema_decay > 0")
-    if config.is_toy:
-        check(not config.conditional, f"--conditional needs a labelled image dataset, not --dataset={config.dataset}")
-        check(not config.d_normalization,
-              f"--d_normalization applies to --model=dcgan, not --model={config.model} on {config.dataset}")
-    else:
-        for name in ("mixture_modes", "mixture_radius", "mixture_std", "mixture_spacing"):
-            check(not getattr(config, name), f"--{name} applies to the 2D datasets {toy.TOY_DATASETS}, not "
-                                             f"--dataset={config.dataset}")
-        if device_count and not getattr(config, "mesh_data", 0):
-            check(config.batch_size % device_count == 0,
-                  f"--batch_size={config.batch_size} is not divisible by the {device_count} devices; use a multiple "
-                  f"of {device_count}")
-        # a gradient penalty with BatchNorm in D: checked here, before any data is loaded (build repeats it)
-        if config.penalty != "none":
-            objective = build_objective(config)
-            data_shape = (config.image_size, config.image_size, config.channels)
-            _, discriminator = models.build_models(config, data_shape, 10 if config.conditional else 0)
-            check(not (objective.has_gradient_penalty and models.discriminator_uses_batch_norm(discriminator)),
-                  f"--penalty={config.penalty} needs per-example gradients, but the {config.model} discriminator "
-                  f"uses BatchNorm, which couples the examples of a batch; set --d_normalization=layer_norm or none")
+            _check(math.isfinite(value), f"--{field.name} must be a finite number, got {value}")
+    for name, high in _MAXIMA:
+        _check(getattr(config, name) <= high, f"--{name}={getattr(config, name)} is implausibly large; accepted: "
+                                              f"up to {high}")
+
+
+def _validate_combinations(config: Config) -> None:
+    """Rules across sections: a gradient penalty needs a D without BatchNorm (the model registry's
+    ``d_uses_batch_norm``, read from the config: no model is built)."""
+    from jaxgan import models
+    if config.penalty != "none" and build_objective(config).has_gradient_penalty:
+        _check(not models.get_spec(config.model).d_uses_batch_norm(config),
+               f"--penalty={config.penalty} needs per-example gradients, but the {config.model} discriminator "
+               f"uses BatchNorm, which couples the examples of a batch; set --d_normalization=layer_norm or none")
 
 
 def make_optimizer(config: Config, learning_rate: float, b1: float | None = None, *,
@@ -368,10 +414,15 @@ class Experiment:
                                num_classes=self.num_classes, axis_name=axis_name)
 
 
-def build(config: Config, *, num_classes: int | None = None, axis_name: str | None = None) -> Experiment:
-    """Builds models, objective and optimizers. ``num_classes`` comes from the dataset for image data."""
+def build(config: Config, *, num_classes: int | None = None, axis_name: str | None = None,
+          validated: bool = False) -> Experiment:
+    """Builds models, objective and optimizers. ``num_classes`` comes from the dataset for image data.
+
+    ``validated``: the caller has run `validate` on ``config`` (as `jaxgan.training.train` does, with the device
+    count, before it touches the workdir); else build validates it first."""
     from jaxgan import models
-    validate(config)
+    if not validated:
+        validate(config)
     objective = build_objective(config)
     mixture = None
     if config.is_toy:
@@ -384,11 +435,8 @@ def build(config: Config, *, num_classes: int | None = None, axis_name: str | No
             raise ConfigError(f"--conditional needs a labelled dataset; --dataset={config.dataset} has "
                               f"{num_classes} classes (a folder: dataset is unlabelled)")
         num_classes = (num_classes or 0) if config.conditional else 0
+    # a gradient penalty with BatchNorm in D is refused by validate (from the config) and by the step (from D)
     generator, discriminator = models.build_models(config, data_shape, num_classes, axis_name=axis_name)
-    if objective.has_gradient_penalty and models.discriminator_uses_batch_norm(discriminator):
-        raise ConfigError(f"--penalty={config.penalty} needs per-example gradients, but the {config.model} "
-                          f"discriminator uses BatchNorm, which couples the examples of a batch; set "
-                          f"--d_normalization=layer_norm or none")
     d_optimizer = make_optimizer(config, config.d_lr, updates_per_step=config.n_critic,
                                  clip_weights=config.clip_weights)
     return Experiment(config, generator, discriminator, objective, make_optimizer(config, config.g_lr), d_optimizer,

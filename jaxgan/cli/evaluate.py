@@ -31,9 +31,11 @@ STOP = interrupts.install()  # before JAX loads: Ctrl-C stops cleanly (jaxgan.in
 
 from jaxgan.experiment import ConfigError  # noqa: E402
 from jaxgan.cli import common as _common  # noqa: E402
+from jaxgan.metrics.registry import METRICS  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "workdir of a training run", required=True)
-flags.DEFINE_string("metrics", "fid,kid,is,pr", "comma-separated subset of fid, kid, is, pr")
+flags.DEFINE_string("metrics", ",".join(METRICS), "comma-separated subset of " + ", ".join(
+    f"{name} ({metric.description})" for name, metric in METRICS.items()))
 flags.DEFINE_integer("num_samples", 10000, "generated samples (Fréchet distance and score)")
 flags.DEFINE_string("reference", "train", "real split to compare with: train or test (digits: train only)")
 flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")

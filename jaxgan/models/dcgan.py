@@ -36,8 +36,10 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxgan.config import ConfigError
 from jaxgan.models import layers
 from jaxgan.models.blocks import BN_EPSILON, BN_MOMENTUM, check_labels
+from jaxgan.models.spec import ModelSpec, compute_dtype
 
 SUPPORTED_IMAGE_SIZES = (28, 32, 64, 128)
 NORMALIZATIONS = ("batch_norm", "layer_norm", "none")
@@ -194,4 +196,26 @@ def wgan_gp_critic(image_size: int = 64, channels: int = 3, *, ndf: int = 64, no
                               normalization=normalization)
 
 
-__all__ = ["DCGANGenerator", "DCGANDiscriminator", "wgan_gp_critic", "SUPPORTED_IMAGE_SIZES", "NORMALIZATIONS"]
+def build(config, data_shape, num_classes: int, *, axis_name=None, latent_dim: int, g_width: int, d_width: int):
+    """`ModelSpec.build` of ``--model=dcgan``: ``--d_normalization`` picks D's normalisation (BatchNorm default)."""
+    size, channels = data_shape[0], data_shape[-1]
+    dtype, conv_impl = compute_dtype(config), getattr(config, "conv_impl", "auto")
+    return (DCGANGenerator(latent_dim=latent_dim, image_size=size, channels=channels, num_classes=num_classes,
+                           ngf=g_width, bn_axis_name=axis_name, dtype=dtype, conv_impl=conv_impl),
+            DCGANDiscriminator(image_size=size, channels=channels, num_classes=num_classes, ndf=d_width,
+                               normalization=config.d_normalization or "batch_norm", bn_axis_name=axis_name,
+                               dtype=dtype, conv_impl=conv_impl))
+
+
+def _validate_options(config) -> None:
+    if config.d_normalization and config.d_normalization not in NORMALIZATIONS:
+        raise ConfigError(f"--d_normalization={config.d_normalization!r} is not one of {NORMALIZATIONS}")
+
+
+SPEC = ModelSpec("dcgan", build, data="image", description="DCGAN G / D (BatchNorm D by default)",
+                 image_sizes=SUPPORTED_IMAGE_SIZES, default_latent_dim=100, default_width=64, convolves=True,
+                 options=("d_normalization",), validate_options=_validate_options,
+                 d_uses_batch_norm=lambda config: (config.d_normalization or "batch_norm") == "batch_norm")
+
+__all__ = ["DCGANGenerator", "DCGANDiscriminator", "wgan_gp_critic", "SUPPORTED_IMAGE_SIZES", "NORMALIZATIONS",
+           "SPEC", "build"]

@@ -7,6 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgan.models.spec import ModelSpec
+
 
 class MLPGenerator(nn.Module):
     """z [B, latent_dim] -> x [B, output_dim]; ReLU hidden layers, linear output (data are not bounded)."""
@@ -40,3 +42,15 @@ class MLPDiscriminator(nn.Module):
         for width in self.hidden:
             h = nn.leaky_relu(nn.Dense(width)(h), 0.2)
         return nn.Dense(1)(h)[:, 0]
+
+
+def build(config, data_shape, num_classes: int, *, axis_name=None, latent_dim: int, g_width: int, d_width: int):
+    """`ModelSpec.build` of ``--model=mlp``: ``--depth`` hidden layers of the G / D widths (no BatchNorm)."""
+    del axis_name
+    return (MLPGenerator(latent_dim=latent_dim, output_dim=data_shape[-1], hidden=(g_width,) * config.depth,
+                         num_classes=num_classes),
+            MLPDiscriminator(hidden=(d_width,) * config.depth, num_classes=num_classes))
+
+
+SPEC = ModelSpec("mlp", build, data="2d", description="MLP G / D for the 2D toy datasets",
+                 default_latent_dim=8, default_width=128, convolves=False)

@@ -39,14 +39,17 @@ Intermediates sown for inspection (apply with ``mutable=['intermediates']``): D 
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxgan.config import ConfigError
 from jaxgan.models import layers
 from jaxgan.models.blocks import (BN_EPSILON, BN_MOMENTUM, ConditionalBatchNorm, SelfAttention, avg_pool2x,
                                   check_labels, conv, sn_apply, upsample_nearest2x)
+from jaxgan.models.spec import ModelSpec, compute_dtype
 
 SUPPORTED_IMAGE_SIZES = (32, 64, 128)
 
@@ -278,5 +281,43 @@ class ResNetDiscriminator(nn.Module):
         return logit.astype(jnp.float32)
 
 
+def attention_resolutions(image_size: int) -> tuple[int, ...]:
+    """Resolutions where both the ResNet G and D accept SAGAN's self-attention block."""
+    return tuple(sorted(set(generator_attention_resolutions(image_size))
+                        & set(discriminator_attention_resolutions(image_size))))
+
+
+def build(config, data_shape, num_classes: int, *, axis_name=None, latent_dim: int, g_width: int, d_width: int,
+          self_attention: bool = False):
+    """`ModelSpec.build` of ``--model=sngan`` (``self_attention=False``) and ``sagan``: the SAGAN G is spectrally
+    normalised too and both nets get a self-attention block at ``--attention_resolution`` (default: the
+    largest valid resolution <= 32)."""
+    size, channels = data_shape[0], data_shape[-1]
+    dtype, conv_impl = compute_dtype(config), getattr(config, "conv_impl", "auto")
+    attention = None
+    if self_attention:
+        attention = config.attention_resolution or max(r for r in attention_resolutions(size) if r <= 32)
+    return (ResNetGenerator(latent_dim=latent_dim, image_size=size, channels=channels, num_classes=num_classes,
+                            ch=g_width, attention_resolution=attention, spectral_norm=self_attention,
+                            bn_axis_name=axis_name, dtype=dtype, conv_impl=conv_impl),
+            ResNetDiscriminator(image_size=size, channels=channels, num_classes=num_classes, ch=d_width,
+                                attention_resolution=attention, dtype=dtype, conv_impl=conv_impl))
+
+
+def _validate_attention(config) -> None:
+    valid = attention_resolutions(config.image_size)
+    if config.attention_resolution and config.attention_resolution not in valid:
+        raise ConfigError(f"--attention_resolution={config.attention_resolution} is not valid at "
+                          f"--image_size={config.image_size}; accepted: {valid}")
+
+
+SNGAN = ModelSpec("sngan", build, data="image", description="ResNet G / spectrally normalised ResNet D",
+                  image_sizes=SUPPORTED_IMAGE_SIZES, default_latent_dim=128, default_width=64, convolves=True)
+SAGAN = ModelSpec("sagan", functools.partial(build, self_attention=True), data="image",
+                  description="ResNet with self-attention, spectral norm in G and D",
+                  image_sizes=SUPPORTED_IMAGE_SIZES, default_latent_dim=128, default_width=64, convolves=True,
+                  options=("attention_resolution",), validate_options=_validate_attention)
+
 __all__ = ["ResNetGenerator", "ResNetDiscriminator", "GBlock", "DBlock", "SUPPORTED_IMAGE_SIZES",
-           "generator_attention_resolutions", "discriminator_attention_resolutions"]
+           "generator_attention_resolutions", "discriminator_attention_resolutions", "attention_resolutions",
+           "build", "SNGAN", "SAGAN"]
