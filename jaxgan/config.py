@@ -32,12 +32,17 @@ SWEEP_KINDS = {  # how a study (jaxgan.sweep) may vary a field; None: not at all
 }
 
 
-def option(default, help: str, *, section: str, sweep: str | None = None, resume: bool = False):  # noqa: A002
+def option(default, help: str, *, section: str, sweep: str | None = None, resume: bool = False,  # noqa: A002
+           choices: str | None = None):
     """A `Config` field: ``default``, its ``--help`` text, the consuming ``section`` (one of `SECTIONS`),
-    its ``sweep`` kind (a key of `SWEEP_KINDS` or None) and whether a resume (``resume=True``) may change it."""
+    its ``sweep`` kind (a key of `SWEEP_KINDS` or None) and whether a resume (``resume=True``) may change it.
+    ``choices`` names the registry whose keys are the accepted values, as ``"module:attribute"`` (resolved by
+    the launchers, `jaxgan.cli.common.field_choices`; this leaf module imports no registry): a new registry entry
+    is a new accepted value, listed in ``--help``."""
     if section not in SECTIONS or (sweep is not None and sweep not in SWEEP_KINDS):
         raise ValueError(f"option: section {section!r} / sweep {sweep!r}; accepted: {SECTIONS} / {tuple(SWEEP_KINDS)}")
-    return dataclasses.field(default=default, metadata=dict(help=help, section=section, sweep=sweep, resume=resume))
+    return dataclasses.field(default=default, metadata=dict(help=help, section=section, sweep=sweep, resume=resume,
+                                                            choices=choices))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +63,8 @@ class Config:
         False, "folder:PATH datasets: leave out image files that cannot be decoded, with one warning line listing "
         "them (default: refuse the run, naming them; files are checked at open)", section="data")
     # model (jaxgan.models)
-    model: str = option("mlp", "mlp (2D data), dcgan, sngan, sagan", section="model", sweep="shape")
+    model: str = option("mlp", "the G/D architecture (mlp for 2D data)", section="model", sweep="shape",
+                        choices="jaxgan.models:MODELS")
     latent_dim: int = option(0, "size of z (0: the model's default)", section="model", sweep="shape")
     width: int = option(0, "MLP hidden width / DCGAN ngf=ndf / ResNet ch, for G and D (0: the model's default)",
                         section="model", sweep="shape")
@@ -79,9 +85,10 @@ class Config:
     compute_dtype: str = option("float32", "float32 | bfloat16: activations and matmuls of the image models; "
                                 "parameters, optimizer state, losses and penalties stay float32", section="model")
     # objective (jaxgan.objectives)
-    loss: str = option("non_saturating", "non_saturating, minimax, least_squares, wasserstein, hinge, relativistic, "
-                       "kl, reverse_kl, pearson, hellinger, js", section="objective", sweep="group")
-    penalty: str = option("none", "none, gradient_penalty, r1, r2, dragan", section="objective", sweep="group")
+    loss: str = option("non_saturating", "the GAN game (D's and G's losses)", section="objective", sweep="group",
+                       choices="jaxgan.objectives:LOSSES")
+    penalty: str = option("none", "a regulariser of D (gradient penalties)", section="objective", sweep="group",
+                          choices="jaxgan.objectives:PENALTIES")
     penalty_weight: float = option(10.0, "weight of --penalty", section="objective", sweep="runtime")
     label_smoothing: float = option(
         0.0, "s in [0, 1): D's target for real examples becomes 1 - s/2 (TF-GAN's smoothing, labels*(1-s) + s/2; "

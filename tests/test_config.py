@@ -165,3 +165,23 @@ def test_old_config_json_without_new_fields_still_loads(trained, tmp_path):
     training.check_workdir(dataclasses.replace(TINY, steps_per_call=2), old, overwrite=False)  # resumable
     with pytest.raises(ConfigError, match=re.escape("--mesh_seed=2 (workdir has 1)")):
         training.check_workdir(dataclasses.replace(TINY, mesh_seed=2), old, overwrite=False)
+
+
+def test_a_new_loss_is_one_registry_line_away_from_a_flag(monkeypatch):
+    """Adding a loss is its function and one `objectives.LOSSES` line: --help lists it, a config naming it
+    validates, and a step trains with it (nothing else keeps a list of loss names)."""
+    def least_absolute():  # a toy game: D pushes real outputs up and fake outputs down, |.|-shaped
+        return objectives.Objective((
+            objectives.Term("loss", "d", lambda t: (abs(1 - t.real_outputs) + abs(t.fake_outputs)).mean()),
+            objectives.Term("loss", "g", lambda t: abs(1 - t.fake_outputs).mean())))
+    monkeypatch.setitem(objectives.LOSSES, "least_absolute", least_absolute)
+    flag_values = flags.FlagValues()
+    _common.define_config_flags(Config, flag_values)
+    assert "least_absolute" in flag_values["loss"].help
+    config = Config(loss="least_absolute", width=8, depth=1, batch_size=16)
+    experiment.validate(config)
+    exp = experiment.build(config)
+    import jax
+    state = exp.init(jax.random.key(0))
+    _, metrics = jax.jit(exp.train_step())(state, {"x": jax.random.normal(jax.random.key(1), (1, 16, 2))})
+    assert set(metrics) >= {"d/loss", "g/loss"} and all(bool(jax.numpy.isfinite(v)) for v in metrics.values())

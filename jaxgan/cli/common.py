@@ -3,6 +3,7 @@ errors."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import os
 import pathlib
@@ -23,8 +24,21 @@ def define_config_flags(config_cls, flag_values: flags.FlagValues = flags.FLAGS)
     types = typing.get_type_hints(config_cls)
     define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float}
     for field in dataclasses.fields(config_cls):
-        define.get(types[field.name], flags.DEFINE_string)(field.name, field.default, field.metadata["help"],
+        help_text = field.metadata["help"]
+        choices = field_choices(field)
+        if choices:
+            help_text += f"; one of: {', '.join(choices)}"
+        define.get(types[field.name], flags.DEFINE_string)(field.name, field.default, help_text,
                                                            flag_values=flag_values)
+
+
+def field_choices(field: dataclasses.Field) -> tuple[str, ...] | None:
+    """The accepted values of a config field declared with ``choices="module:attribute"`` (a registry's keys)."""
+    where = field.metadata.get("choices")
+    if where is None:
+        return None
+    module, attribute = where.split(":")
+    return tuple(getattr(importlib.import_module(module), attribute))
 
 
 def config_from_flags(config_cls, flag_values: flags.FlagValues = flags.FLAGS):
