@@ -29,18 +29,25 @@ not ``chunk``).
 Divergence is per run: a run whose metrics or parameters become non-finite is recorded (``diverged``,
 ``diverged_step``) and the others carry on.
 
+Resuming: with a `StudyStore` (`open_study`, which refuses a workdir holding another study's `study_spec`),
+`run_study` writes each finished chunk of runs, checkpoints the chunk in progress every ``checkpoint_every``
+steps (the training loop's core, `jaxgan.training.run_calls`, and its `jaxgan.checkpoint.Checkpointer`), stops on
+SIGTERM/SIGINT with a checkpoint, and on a rerun reads finished chunks back and resumes the one in progress.
+
 Public API: `parse_sweep_flag`/`parse_group_entry` (input), `plan` -> [`Group`], `sweep_mesh`,
-`run_group` -> `GroupResult`, `run_study`, `aggregate`, `write_outputs` (results.json, samples.npy, report.md,
-plots).
+`run_group` -> `GroupResult`, `run_study`, `study_spec`/`open_study` -> `StudyStore`, `aggregate`,
+`write_outputs` (results.json, samples.npy, report.md, plots).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
 import math
 import os
 import pathlib
+import shutil
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -49,25 +56,24 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxgan import config as config_lib
 from jaxgan import experiment as experiment_lib
 from jaxgan import parallel
+from jaxgan import reliability
 from jaxgan.data import toy
 from jaxgan.experiment import Config, ConfigError
+from jaxgan.models import MODELS
 from jaxgan.step import inline_multi_steps, sample
 
+# How a study may vary each Config field: its metadata (jaxgan.config.option, sweep=...).
 # Run-time hyperparameters: scalars in GANState.hparams; runs that differ only in them share one program.
-RUNTIME_HPARAMS = ("g_lr", "d_lr", "penalty_weight", "label_smoothing", "instance_noise", "ema_decay")
+RUNTIME_HPARAMS = config_lib.fields_where(sweep="runtime")
 # Shape-preserving fields that change the compiled program: runs that differ in them form separate groups.
-GROUP_FIELDS = ("loss", "penalty", "clip_weights", "b1", "b2", "optimizer", "lr_decay",
-                "instance_noise_anneal_steps", "ema_start")
+GROUP_FIELDS = config_lib.fields_where(sweep="group")
 # Extra fields a --losses entry may set for its group (they change shapes, which is fine per group).
-GROUP_ONLY_FIELDS = ("n_critic",)
+GROUP_ONLY_FIELDS = config_lib.fields_where(sweep="group_entry")
 # Fields that change array shapes or the data: never swept inside one program.
-SHAPE_FIELDS = ("batch_size", "n_critic", "width", "g_width", "d_width", "depth", "latent_dim", "model", "dataset", "image_size",
-                "channels", "mixture_modes", "mixture_radius", "mixture_std", "mixture_spacing", "num_samples",
-                "d_normalization", "conditional", "attention_resolution")
-_STR_FIELDS = ("loss", "penalty", "optimizer", "lr_decay")
-_INT_FIELDS = ("instance_noise_anneal_steps", "ema_start", "n_critic")
+SHAPE_FIELDS = config_lib.fields_where(sweep="shape") + GROUP_ONLY_FIELDS
 
 
 class SweepError(ConfigError):
@@ -78,17 +84,18 @@ class SweepError(ConfigError):
 
 def _parse_value(flag: str, name: str, text: str):
     text = text.strip()
-    if name in _STR_FIELDS:
+    kind = config_lib.field_type(name)  # str, int or float: no sweepable field is a bool
+    if kind is str:
         if not text:
             raise SweepError(f"{flag}: empty value for {name}")
         return text
     try:
-        if name in _INT_FIELDS:
+        if kind is int:
             return int(text)
         value = float(text)
     except ValueError:
-        kind = "an integer" if name in _INT_FIELDS else "a number"
-        raise SweepError(f"{flag}: {text!r} is not {kind} (values of {name} are a comma-separated list, e.g. "
+        expected = "an integer" if kind is int else "a number"
+        raise SweepError(f"{flag}: {text!r} is not {expected} (values of {name} are a comma-separated list, e.g. "
                          f"{name}:1e-4,2e-4)") from None
     if not math.isfinite(value):
         raise SweepError(f"{flag}: {text!r} is not a finite number")
@@ -364,13 +371,14 @@ def _on_seed_axis(fn: Callable, mesh: Mesh | None, in_specs, out_specs) -> Calla
 
 
 class _Evaluator:
-    """Final / periodic sample metrics: mode coverage for 2D mixtures, classes covered for digits."""
+    """Final / periodic sample metrics: mode coverage for 2D mixtures; for digits, the classes covered and the
+    classifier score of ``classifier`` (a `jaxgan.evaluation.Extractor`, the one ``launch/evaluate.py`` uses)."""
 
-    def __init__(self, exp, config: Config, num_samples: int, classifier_params=None, w1_samples: int = 0,
+    def __init__(self, exp, config: Config, num_samples: int, classifier=None, w1_samples: int = 0,
                  mesh: Mesh | None = None):
         self.exp, self.config = exp, config
         self.num_samples = num_samples
-        self.classifier_params = classifier_params
+        self.classifier = classifier
         self.w1_samples = w1_samples
         gen = exp.generator
 
@@ -394,22 +402,19 @@ class _Evaluator:
             if final and self.w1_samples:
                 out["w1"] = float(modes.wasserstein1_to_mixture(x, mixture.means, mixture.std, seed=seed,
                                                                 n=min(self.w1_samples, x.shape[0])))
-        elif self.classifier_params is not None:
-            from jaxgan.metrics import classifier, distances
+        elif self.classifier is not None:
+            from jaxgan import evaluation
+            from jaxgan.metrics import registry
             finite = np.all(np.isfinite(x.reshape(x.shape[0], -1)), axis=1)
-            if finite.any():
-                logits = classifier.classifier_logits(self.classifier_params, np.clip(x[finite], -1, 1))
-                out["classes_covered"] = float(classifier.classes_covered(logits))
-                # Coverage alone rewards noise, which the classifier also spreads over classes; the classifier
-                # score (the Inception Score with the digits classifier) needs confident *and* varied predictions.
-                out["classifier_score"] = distances.inception_score(logits, num_splits=1)[0]
-            else:
-                out["classes_covered"], out["classifier_score"] = 0.0, math.nan
+            _, logits = self.classifier.apply(np.clip(x[finite], -1, 1)) if finite.any() else (None, None)
+            out["classes_covered"] = 0.0 if logits is None else float(len(np.unique(np.argmax(logits, axis=1))))
+            # Coverage alone rewards noise, which the classifier also spreads over classes; the classifier score
+            # (the Inception Score with the digits classifier) needs confident *and* varied predictions. It is
+            # launch/evaluate.py's: evaluation.IS_SPLITS splits (NaN with fewer finite samples than splits).
+            enough = logits is not None and len(logits) >= evaluation.IS_SPLITS
+            out["classifier_score"] = (registry.score_of_logits(logits, num_splits=evaluation.IS_SPLITS)[0] if enough
+                                       else math.nan)
         return out
-
-
-def _sample_params(state):
-    return state.g_ema_params if "ema_decay" in state.hparams else state.g.params
 
 
 def make_trainer(exp, config: Config, vmapped: bool, mesh: Mesh | None = None) -> Callable:
@@ -442,7 +447,7 @@ def make_trainer(exp, config: Config, vmapped: bool, mesh: Mesh | None = None) -
             def body(carry, inputs):
                 t, batch = inputs
                 return per_run(carry, data_keys, t, batch)
-            if not inline_multi_steps(not config.is_toy):
+            if not inline_multi_steps(MODELS[config.model].convolves):
                 return jax.lax.scan(body, state, (t0 + jnp.arange(length), batches), length=length)
             # Image models on CPU: the steps inlined in Python. XLA:CPU runs convolutions inside a while loop ~25x
             # slower (measured here: 1.88 s vs 0.075 s per DCGAN step, also with lax.scan(unroll=True)).
@@ -466,9 +471,75 @@ def _place_runs(tree, mesh: Mesh | None, axis: int = 0):
     return jax.device_put(tree, NamedSharding(mesh, P(*([None] * axis), parallel.SEED_AXIS)))
 
 
+@dataclasses.dataclass
+class _Program:
+    """What every chunk of a group is trained and evaluated with (built once per group by `_build_program`)."""
+    exp: Any
+    config: Config
+    chunk: int
+    mesh: Mesh | None
+    seed_devices: int
+    train_fn: Callable
+    init: Callable  # (keys, hparams) -> GANState, stacked over the chunk's runs when vmapped
+    final_eval: "_Evaluator"
+    mid_eval: "_Evaluator"
+    points: list[int]  # evaluation steps
+    steps_per_call: int
+    checkpoint_every: int  # 0: no checkpoints inside a chunk
+
+    @property
+    def vmapped(self) -> bool:
+        return self.chunk > 1
+
+    def next_boundary(self, t: int) -> int:
+        """The next step after ``t`` where a call must end: an evaluation or a checkpoint step."""
+        every = self.checkpoint_every
+        nxt = min(p for p in self.points if p > t)
+        return min(nxt, (t // every + 1) * every) if every else nxt
+
+
+@dataclasses.dataclass
+class _ChunkOut:
+    """The outcome of one chunk, per member run (padding dropped); params stacked over the members."""
+    params: Any
+    d_params: Any
+    samples: np.ndarray
+    evals: list[list[dict]]
+    diverged: list[int | None]
+    seconds: float
+
+
+def _build_program(group: Group, *, chunk, steps_per_call, eval_every, num_samples, eval_samples, w1_samples,
+                   classifier, mesh, checkpoint_every) -> _Program:
+    config = group.config
+    if mesh is not None and parallel.data_size(mesh) != 1:
+        raise SweepError(f"--mesh_data={parallel.data_size(mesh)}: a sweep does not split batches over devices; "
+                         f"use a mesh with a data axis of 1 (sweep_mesh)")
+    seed_devices = 1 if mesh is None else parallel.seed_size(mesh)
+    mesh = mesh if seed_devices > 1 else None
+    chunk = resolve_chunk(chunk, len(group.runs), platform=jax.default_backend(), model=config.model,
+                          seed_devices=seed_devices)  # validates an explicit chunk before any data is loaded
+    data_probe = None if config.is_toy else _image_data(group.runs[0].config)
+    exp = experiment_lib.build(config, num_classes=0 if config.is_toy else data_probe.num_classes)
+    eval_every = eval_every or config.log_every
+    if num_samples is None:
+        num_samples = config.num_samples if config.is_toy else 256
+    eval_samples = eval_samples or num_samples
+    final_eval = _Evaluator(exp, config, num_samples, classifier, w1_samples, mesh)
+    mid_eval = final_eval if eval_samples == num_samples else _Evaluator(exp, config, eval_samples, classifier,
+                                                                         mesh=mesh)
+    vmapped = chunk > 1
+    init = (jax.jit(_on_seed_axis(jax.vmap(exp.init), mesh, (_RUNS, _RUNS), _RUNS)) if vmapped else
+            jax.jit(exp.init))
+    return _Program(exp, config, chunk, mesh, seed_devices, make_trainer(exp, config, vmapped, mesh), init,
+                    final_eval, mid_eval, _eval_points(config.steps, eval_every),
+                    steps_per_call or (eval_every if config.is_toy else 1), checkpoint_every)
+
+
 def run_group(group: Group, *, chunk: int | None = None, steps_per_call: int = 0, eval_every: int = 0,
-              num_samples: int | None = None, eval_samples: int = 0, w1_samples: int = 0, classifier_params=None,
-              mesh: Mesh | None = None, log: Callable[[str], None] | None = None) -> GroupResult:
+              num_samples: int | None = None, eval_samples: int = 0, w1_samples: int = 0, classifier=None,
+              mesh: Mesh | None = None, log: Callable[[str], None] | None = None,
+              store: "StudyStore | None" = None, group_index: int = 0, stop=None) -> GroupResult:
     """Trains every run of ``group``, ``chunk`` runs at a time (vmapped), chunk after chunk.
 
     Args:
@@ -478,106 +549,282 @@ def run_group(group: Group, *, chunk: int | None = None, steps_per_call: int = 0
         be a multiple of K (`SweepError` otherwise); the default is rounded up to one.
       steps_per_call: steps per jitted call (``lax.scan``); 0: up to the next evaluation (toy data) or 1
         (image data, whose batches come from the host; on CPU, K > 1 inlines K steps in one program, not a loop:
-        longer compilation, since convolutions inside a while loop run ~25x slower on XLA:CPU).
+        longer compilation, since convolutions inside a while loop run ~25x slower on XLA:CPU). Calls also end
+        at checkpoint steps.
       eval_every: steps between evaluations (training metrics of that step + sample metrics); 0: config.log_every.
       num_samples: final samples per run (samples.npy and final metrics); None: config.num_samples for 2D data,
         256 for images.
       eval_samples: samples per run at intermediate evaluations; 0: as ``num_samples``.
       w1_samples: if > 0, the final metrics of 2D runs include the exact W1 to the mixture on that many samples.
-      classifier_params: a `jaxgan.metrics.classifier` model for ``classes_covered`` and ``classifier_score``
-        (the Inception Score with this classifier, in [1, 10]) on digit images.
+      classifier: the digits classifier, a `jaxgan.evaluation.Extractor` (`jaxgan.evaluation.classifier_extractor`,
+        what ``launch/evaluate.py`` uses), for ``classes_covered`` and ``classifier_score`` (the Inception Score
+        with this classifier over `jaxgan.evaluation.IS_SPLITS` splits, in [1, 10]) on digit images.
       mesh: a `sweep_mesh` (``("seed", "data")``, data axis 1): the runs of every chunk are split over its
         seed axis, ``chunk / K`` runs per device. None, or a seed axis of 1: one device.
+      store: a `StudyStore`: finished chunks are written there and read back instead of trained again, and the
+        chunk in progress is checkpointed every ``group.config.checkpoint_every`` steps and resumed from its
+        newest checkpoint. ``group_index`` names the group's folder in it.
+      stop: a `jaxgan.reliability.StopRequest` (with a ``store``): when it is set, the chunk in progress is
+        checkpointed after the current call and `jaxgan.reliability.TrainingInterrupted` raised.
     """
-    config = group.config
-    if mesh is not None and parallel.data_size(mesh) != 1:
-        raise SweepError(f"--mesh_data={parallel.data_size(mesh)}: a sweep does not split batches over devices; "
-                         f"use a mesh with a data axis of 1 (sweep_mesh)")
-    seed_devices = 1 if mesh is None else parallel.seed_size(mesh)
-    mesh = mesh if seed_devices > 1 else None
-    runs = group.runs
-    chunk = resolve_chunk(chunk, len(runs), platform=jax.default_backend(), model=config.model,
-                          seed_devices=seed_devices)  # validates an explicit chunk before any data is loaded
+    prog = _build_program(group, chunk=chunk, steps_per_call=steps_per_call, eval_every=eval_every,
+                          num_samples=num_samples, eval_samples=eval_samples, w1_samples=w1_samples,
+                          classifier=classifier, mesh=mesh,
+                          checkpoint_every=group.config.checkpoint_every if store is not None else 0)
     log = log or (lambda s: None)
-    data_probe = None if config.is_toy else _image_data(group.runs[0].config)
-    exp = experiment_lib.build(config, num_classes=0 if config.is_toy else data_probe.num_classes)
-    vmapped = chunk > 1
-    steps = config.steps
-    eval_every = eval_every or config.log_every
-    points = _eval_points(steps, eval_every)
-    if num_samples is None:
-        num_samples = config.num_samples if config.is_toy else 256
-    eval_samples = eval_samples or num_samples
-    final_eval = _Evaluator(exp, config, num_samples, classifier_params, w1_samples, mesh)
-    mid_eval = final_eval if eval_samples == num_samples else _Evaluator(exp, config, eval_samples,
-                                                                         classifier_params, mesh=mesh)
-    if not steps_per_call:
-        steps_per_call = eval_every if config.is_toy else 1
-    train_fn = make_trainer(exp, config, vmapped, mesh)
-
-    hparam_names = list(runs[0].hparams)
-    init_one = jax.jit(exp.init)
-    init_many = jax.jit(_on_seed_axis(jax.vmap(exp.init), mesh, (_RUNS, _RUNS), _RUNS))
-
-    results_params, results_d, samples_all = [None] * len(runs), [None] * len(runs), [None] * len(runs)
-    evals: list[list[dict]] = [[] for _ in runs]
-    diverged: list[int | None] = [None] * len(runs)
-    start_time = time.perf_counter()
-    for c0 in range(0, len(runs), chunk):
-        members = list(range(c0, min(c0 + chunk, len(runs))))
-        padded = members + [members[-1]] * (chunk - len(members))
-        keys = [jax.random.key(runs[i].seed) for i in padded]
-        data_keys = [jax.random.fold_in(k, 0x5EED) for k in keys]
-        latent_keys = [jax.random.fold_in(k, 7) for k in keys]  # training.py's latents_key
-        if vmapped:
-            hp = {n: jnp.asarray([runs[i].hparams[n] for i in padded], jnp.float32) for n in hparam_names}
-            state = init_many(*_place_runs((jnp.stack(keys), hp), mesh))
-            dkeys, lkeys = _place_runs((jnp.stack(data_keys), jnp.stack(latent_keys)), mesh)
+    runs = group.runs
+    outs: list[_ChunkOut] = []
+    for c0 in range(0, len(runs), prog.chunk):
+        members = list(range(c0, min(c0 + prog.chunk, len(runs))))
+        done = None if store is None else store.load_chunk(group_index, c0, _param_structures(prog, runs, members))
+        if done is None:
+            if stop is not None and stop.should_stop(0, sync_point=True):
+                raise reliability.TrainingInterrupted(0, stop.reason, str(store.root))
+            checkpointer = None if store is None else store.checkpointer(group_index, c0, prog.config)
+            try:
+                done = _train_chunk(prog, group.name, runs, members, checkpointer, stop, log)
+            finally:
+                if checkpointer is not None:
+                    checkpointer.close()
+            if store is not None:
+                store.save_chunk(group_index, c0, done)
         else:
-            state = init_one(keys[0], dict(runs[padded[0]].hparams))
-            dkeys, lkeys = data_keys[0], latent_keys[0]
-        iters = None if config.is_toy else [_image_data(runs[i].config) for i in padded]
-        t = 0
-        for point in points:
-            metrics_last = None
-            while t < point:
-                length = min(steps_per_call, point - t)
-                batches = None
-                if iters is not None:
-                    per = [[next(it) for _ in range(length)] for it in iters]  # [runs][length]
-                    stacked = [_stack([jax.tree.map(jnp.asarray, b) for b in run_batches]) for run_batches in per]
-                    if vmapped:  # [L, runs, n_critic, B, ...]
-                        batches = _place_runs(jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *stacked), mesh, 1)
-                    else:
-                        batches = stacked[0]
-                state, metrics = train_fn(state, dkeys, jnp.asarray(t, jnp.int32), batches, length=length)
-                metrics = jax.device_get(metrics)
-                finite = np.asarray(metrics["finite"]).reshape(length, -1)  # [length, runs]
-                for j, i in enumerate(members):
-                    bad = np.nonzero(finite[:, j] < 1)[0]
-                    if diverged[i] is None and bad.size:
-                        diverged[i] = t + int(bad[0]) + 1
-                metrics_last = {k: np.asarray(v)[-1].reshape(-1) for k, v in metrics.items()}
-                t += length
-            x = (final_eval if point == steps else mid_eval).samples(_sample_params(state), state.g.model_state,
-                                                                     lkeys, vmapped)
-            for j, i in enumerate(members):
-                record = {"step": point, **{k: float(v[j]) for k, v in metrics_last.items()}}
-                record.update((final_eval if point == steps else mid_eval).metrics(x[j], runs[i].seed,
-                                                                                  point == steps))
-                evals[i].append(record)
-                if point == steps:
-                    samples_all[i] = x[j]
-            log(f"group {group.name}: runs {members[0]}-{members[-1]} of {len(runs)}, step {point}/{steps}"
-                + (f" ({seed_devices} devices)" if mesh is not None else ""))
-        host = jax.device_get((_sample_params(state), state.d.params))
-        for j, i in enumerate(members):
-            results_params[i] = host[0] if not vmapped else _slice(host[0], j)
-            results_d[i] = host[1] if not vmapped else _slice(host[1], j)
-    seconds = time.perf_counter() - start_time
-    stack_np = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)  # noqa: E731
-    return GroupResult(group, stack_np(results_params), stack_np(results_d), np.stack(samples_all), evals, diverged,
-                       seconds, len(runs) * steps, chunk, seed_devices)
+            log(f"group {group.name}: runs {members[0]}-{members[-1]} of {len(runs)} read from {store.root}")
+        outs.append(done)
+    cat = lambda trees: jax.tree.map(lambda *xs: np.concatenate(xs), *trees)  # noqa: E731
+    return GroupResult(group, cat([o.params for o in outs]), cat([o.d_params for o in outs]),
+                       np.concatenate([o.samples for o in outs]), [e for o in outs for e in o.evals],
+                       [d for o in outs for d in o.diverged], sum(o.seconds for o in outs),
+                       len(runs) * prog.config.steps, prog.chunk, prog.seed_devices)
+
+
+def _chunk_inputs(prog: _Program, runs: Sequence[RunSpec], members: list[int]):
+    """(init arguments, data keys, latent keys) of a chunk; padded to ``prog.chunk`` runs when vmapped."""
+    padded = members + [members[-1]] * (prog.chunk - len(members))
+    keys = [jax.random.key(runs[i].seed) for i in padded]
+    data_keys = [jax.random.fold_in(k, 0x5EED) for k in keys]
+    latent_keys = [jax.random.fold_in(k, 7) for k in keys]  # training.py's latents_key
+    if not prog.vmapped:
+        return (keys[0], dict(runs[padded[0]].hparams)), data_keys[0], latent_keys[0]
+    hp = {n: jnp.asarray([runs[i].hparams[n] for i in padded], jnp.float32) for n in runs[members[0]].hparams}
+    args = _place_runs((jnp.stack(keys), hp), prog.mesh)
+    dkeys, lkeys = _place_runs((jnp.stack(data_keys), jnp.stack(latent_keys)), prog.mesh)
+    return args, dkeys, lkeys
+
+
+def _param_structures(prog: _Program, runs, members):
+    """Tree structures of (sample params, D params) of one run: how a stored chunk's leaves are put back."""
+    args, _, _ = _chunk_inputs(prog, runs, members)
+    abstract = jax.eval_shape(prog.init, *args)
+    g_params = experiment_lib.sample_params(abstract, prog.config)
+    return jax.tree.structure(g_params), jax.tree.structure(abstract.d.params)
+
+
+def _host_batches(prog: _Program, iters, length: int):
+    """``length`` image batches of every run of the chunk, ``[L, (runs,) n_critic, B, ...]``; None for toy data."""
+    if iters is None:
+        return None
+    per = [[next(it) for _ in range(length)] for it in iters]  # [runs][length]
+    stacked = [_stack([jax.tree.map(jnp.asarray, b) for b in run_batches]) for run_batches in per]
+    if not prog.vmapped:
+        return stacked[0]
+    return _place_runs(jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *stacked), prog.mesh, 1)
+
+
+def _train_chunk(prog: _Program, name: str, runs: Sequence[RunSpec], members: list[int], checkpointer, stop,
+                 log) -> _ChunkOut:
+    """Trains the runs ``members`` together (resuming from ``checkpointer``'s newest checkpoint if any) with the
+    loop of training runs (`jaxgan.training.run_calls`): calls end at evaluation and checkpoint steps."""
+    from jaxgan.training import run_calls
+    config, steps, vmapped = prog.config, prog.config.steps, prog.vmapped
+    args, dkeys, lkeys = _chunk_inputs(prog, runs, members)
+    iters = None if config.is_toy else [_image_data(runs[i].config) for i in
+                                        members + [members[-1]] * (prog.chunk - len(members))]
+    t, state, evals, diverged, seconds = 0, None, [[] for _ in members], [None] * len(members), 0.0
+    if checkpointer is not None:
+        restored = checkpointer.restore_latest(jax.eval_shape(prog.init, *args))
+        if restored is not None:
+            t, state, saved = restored
+            state = _place_runs(state, prog.mesh) if vmapped else state
+            evals, diverged, seconds = _decode(saved["evals"]), saved["diverged"], saved["seconds"]
+            for it, it_state in zip(iters or [], saved["iters"] or []):
+                it.set_state(it_state)
+            log(f"group {name}: runs {members[0]}-{members[-1]} resumed at step {t} from {checkpointer.directory}")
+    state = prog.init(*args) if state is None else state
+    start, metrics_last, samples = time.perf_counter(), None, None
+
+    def call(t: int, n: int) -> None:
+        nonlocal state, metrics_last
+        state, metrics = prog.train_fn(state, dkeys, jnp.asarray(t, jnp.int32), _host_batches(prog, iters, n),
+                                       length=n)
+        metrics_last = _note_divergence(jax.device_get(metrics), n, t, diverged)
+
+    def after(done: int, saving: bool) -> None:
+        nonlocal samples
+        if done in prog.points:
+            samples = _evaluate_chunk(prog, state, lkeys, done, metrics_last, [runs[i] for i in members], evals)
+            log(f"group {name}: runs {members[0]}-{members[-1]} of {len(runs)}, step {done}/{steps}"
+                + (f" ({prog.seed_devices} devices)" if prog.mesh is not None else ""))
+
+    def save(done: int) -> None:
+        if checkpointer is None or done == steps:  # a finished chunk is stored by the caller (`StudyStore`)
+            return
+        saved = {"evals": _encode(evals), "diverged": diverged, "iters": [it.get_state() for it in iters or []],
+                 "seconds": seconds + time.perf_counter() - start}
+        checkpointer.save(done, state, saved, force=True)
+        checkpointer.wait()  # the next call donates `state`: finish reading it first
+
+    every = prog.checkpoint_every
+    run_calls(t, steps, length=lambda t: min(prog.steps_per_call, prog.next_boundary(t) - t), call=call, after=after,
+              save=save, should_save=lambda done: bool(every) and done % every == 0,
+              stop=stop if checkpointer is not None else None,
+              where="" if checkpointer is None else checkpointer.directory, stop_at_end=False)
+    host = jax.device_get((experiment_lib.sample_params(state, config), state.d.params))
+    n = len(members)
+    take = (lambda tree: _slice(tree, slice(0, n))) if vmapped else (lambda tree: jax.tree.map(lambda x: x[None], tree))
+    return _ChunkOut(take(host[0]), take(host[1]), samples, evals, diverged, seconds + time.perf_counter() - start)
+
+
+def _note_divergence(metrics: dict, length: int, t: int, diverged: list[int | None]) -> dict:
+    """Records in ``diverged`` (per member) the first non-finite step of steps ``t+1 .. t+length``; returns the
+    metrics of the last step, ``{name: [runs]}``."""
+    finite = np.asarray(metrics["finite"]).reshape(length, -1)  # [length, runs]
+    for j in range(len(diverged)):
+        bad = np.nonzero(finite[:, j] < 1)[0]
+        if diverged[j] is None and bad.size:
+            diverged[j] = t + int(bad[0]) + 1
+    return {k: np.asarray(v)[-1].reshape(-1) for k, v in metrics.items()}
+
+
+def _evaluate_chunk(prog: _Program, state, lkeys, t: int, metrics_last: dict, members: Sequence[RunSpec],
+                    evals: list[list[dict]]) -> np.ndarray:
+    """Appends step ``t``'s record (training metrics of the last step + sample metrics) to each member's
+    ``evals``; returns the members' samples ``[members, num_samples, ...]``."""
+    final = t == prog.config.steps
+    evaluator = prog.final_eval if final else prog.mid_eval
+    x = evaluator.samples(experiment_lib.sample_params(state, prog.config), state.g.model_state, lkeys, prog.vmapped)
+    for j, run in enumerate(members):
+        record = {"step": t, **{k: float(v[j]) for k, v in metrics_last.items()}}
+        record.update(evaluator.metrics(x[j], run.seed, final))
+        evals[j].append(record)
+    return x[:len(members)]
+
+
+def _encode(evals: list[list[dict]]) -> list[list[dict]]:
+    """Evaluation records as strict JSON: non-finite numbers as the strings "nan", "inf", "-inf"."""
+    return [[{k: (v if not isinstance(v, float) or math.isfinite(v) else repr(v)) for k, v in e.items()} for e in run]
+            for run in evals]
+
+
+def _decode(evals: list[list[dict]]) -> list[list[dict]]:
+    return [[{k: (float(v) if isinstance(v, str) else v) for k, v in e.items()} for e in run] for run in evals]
+
+
+# Study fields that may change between invocations on one workdir: they change when the state is saved, not what
+# is computed (every other field, and the seeds, sweeps, groups, chunk and evaluation flags, must match).
+RESUMABLE_STUDY_FIELDS = ("checkpoint_every", "keep_checkpoints")
+# What write_outputs writes in a workdir (glob patterns): --overwrite removes them and the study's state.
+STUDY_OUTPUTS = ("results.json", "report.md", "curves.png", "samples.npy", "samples_*.npy", "samples/*.png")
+
+
+class StudyStore:
+    """A study's state in ``<workdir>/study/``: the study's spec, finished chunks, checkpoints of the chunk in progress.
+
+    ``spec.json``: what defines the study's numbers (base config, seeds, sweeps, groups, ...); a workdir is
+    resumed only by the same spec (`open_study`). Per group ``g`` and chunk starting at run ``c``:
+    ``group_<g>/chunk_<c>.npz`` (samples and final parameters of its runs) and ``chunk_<c>.json`` (their
+    evaluation records and divergence steps), written atomically, the JSON last: it marks the chunk finished.
+    While a chunk trains, ``group_<g>/chunk_<c>_checkpoints/`` holds its stacked state every
+    ``--checkpoint_every`` steps (`jaxgan.checkpoint.Checkpointer`, with the evaluation records so far and the
+    data positions); it is removed once the chunk is finished.
+    """
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.root = pathlib.Path(workdir) / "study"
+
+    def _chunk_path(self, group_index: int, c0: int, suffix: str) -> pathlib.Path:
+        return self.root / f"group_{group_index:03d}" / f"chunk_{c0:05d}{suffix}"
+
+    def checkpointer(self, group_index: int, c0: int, config: Config):
+        from jaxgan.checkpoint import Checkpointer
+        return Checkpointer(self._chunk_path(group_index, c0, "_checkpoints"), save_every=config.checkpoint_every,
+                            keep=config.keep_checkpoints)
+
+    def save_chunk(self, group_index: int, c0: int, out: _ChunkOut) -> None:
+        from jaxgan import logging as log_lib
+        arrays = {"samples": out.samples}
+        arrays.update((f"g{k}", x) for k, x in enumerate(jax.tree.leaves(out.params)))
+        arrays.update((f"d{k}", x) for k, x in enumerate(jax.tree.leaves(out.d_params)))
+        path = self._chunk_path(group_index, c0, ".npz")
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        record = {"evals": _encode(out.evals), "diverged": out.diverged, "seconds": out.seconds}
+        log_lib.atomic_write_text(self._chunk_path(group_index, c0, ".json"), json.dumps(record, allow_nan=False))
+        shutil.rmtree(self._chunk_path(group_index, c0, "_checkpoints"), ignore_errors=True)
+
+    def load_chunk(self, group_index: int, c0: int, structures) -> _ChunkOut | None:
+        """The finished chunk, or None; ``structures``: tree structures of (sample params, D params)."""
+        path = self._chunk_path(group_index, c0, ".json")
+        if not path.exists():
+            return None
+        record = json.loads(path.read_text())
+        with np.load(self._chunk_path(group_index, c0, ".npz")) as z:
+            leaves = {k: z[k] for k in z.files}
+        def unflatten(prefix, structure):
+            return jax.tree.unflatten(structure, [leaves[f"{prefix}{k}"] for k in range(structure.num_leaves)])
+        return _ChunkOut(unflatten("g", structures[0]), unflatten("d", structures[1]), leaves["samples"],
+                         _decode(record["evals"]), record["diverged"], record["seconds"])
+
+
+def study_spec(base: Config, **flags) -> dict:
+    """The spec a workdir's study is compared against: the base config (but `RESUMABLE_STUDY_FIELDS`) and
+    ``flags`` (seeds, sweeps, groups, search, chunk, evaluation options: everything that changes the numbers)."""
+    config = {k: v for k, v in dataclasses.asdict(base).items() if k not in RESUMABLE_STUDY_FIELDS}
+    return json.loads(json.dumps({"base": config, **flags}))
+
+
+def _spec_differences(stored: Mapping, spec: Mapping) -> list[str]:
+    out = []
+    for key in sorted(set(stored) | set(spec)):
+        if key == "base":
+            a, b = stored.get("base", {}), spec.get("base", {})
+            out += [f"--{k}={b.get(k)!r} (workdir has {a.get(k)!r})" for k in sorted(set(a) | set(b))
+                    if a.get(k) != b.get(k)]
+        elif stored.get(key) != spec.get(key):
+            out.append(f"--{key}={spec.get(key)!r} (workdir has {stored.get(key)!r})")
+    return out
+
+
+def open_study(workdir: str | os.PathLike, spec: Mapping, *, overwrite: bool = False) -> StudyStore:
+    """The `StudyStore` of ``workdir`` for the study ``spec`` (`study_spec`), created or resumed.
+
+    A workdir holding another study (a different spec, or outputs of a study without one) raises `SweepError`
+    unless ``overwrite``, which removes that study's state and outputs (`STUDY_OUTPUTS`) and nothing else.
+    """
+    from jaxgan import logging as log_lib
+    workdir = pathlib.Path(workdir)
+    store = StudyStore(workdir)
+    path = store.root / "spec.json"
+    if overwrite:
+        shutil.rmtree(store.root, ignore_errors=True)
+        for pattern in STUDY_OUTPUTS:
+            for old in workdir.glob(pattern):
+                old.unlink()
+    elif path.exists():
+        diff = _spec_differences(json.loads(path.read_text()), spec)
+        if diff:
+            raise SweepError(f"--workdir={workdir} holds a different study: {'; '.join(diff)}; use another --workdir "
+                             f"or pass --overwrite")
+    elif (workdir / "results.json").exists():
+        raise SweepError(f"--workdir={workdir} holds the results of a study without {path.relative_to(workdir)} "
+                         f"(another study, or an older version's); use another --workdir or pass --overwrite")
+    store.root.mkdir(parents=True, exist_ok=True)
+    log_lib.atomic_write_text(path, json.dumps(dict(spec), indent=1, sort_keys=True))
+    return store
 
 
 def _image_data(config: Config):
@@ -585,27 +832,21 @@ def _image_data(config: Config):
     return make_data(config)
 
 
-def digits_classifier(image_size: int, channels: int, cache_dir: str | os.PathLike | None = None):
-    """A `jaxgan.metrics.classifier` CNN trained on scikit-learn digits (cached as .npz); None if not 1 channel."""
-    from jaxgan.metrics import classifier
-    if channels != 1:
-        return None
-    path = None
-    if cache_dir is not None:
-        path = pathlib.Path(cache_dir) / f"digits_classifier_{image_size}.npz"
-        if path.exists():
-            return classifier.load_params(path)
-    split = classifier.load_digits_split(image_size)
-    params, _ = classifier.train_classifier(split.train_images, split.train_labels, num_classes=10, steps=400)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        classifier.save_params(path, params)
-    return params
+def run_study(groups: Sequence[Group], *, store: StudyStore | None = None,
+              on_group_done: Callable[[list[GroupResult]], None] | None = None, **kwargs) -> list[GroupResult]:
+    """`run_group` on every group, one after another; ``on_group_done(results so far)`` after each.
 
-
-def run_study(groups: Sequence[Group], **kwargs) -> list[GroupResult]:
-    """`run_group` on every group, one after another."""
-    return [run_group(g, **kwargs) for g in groups]
+    With a ``store`` (`open_study`) the study resumes where the store's previous invocation stopped, and
+    SIGTERM/SIGINT (`jaxgan.reliability.StopRequest`) checkpoint the chunk in progress after the current call
+    and raise `jaxgan.reliability.TrainingInterrupted`.
+    """
+    results: list[GroupResult] = []
+    with (reliability.StopRequest() if store is not None else contextlib.nullcontext()) as stop:
+        for index, group in enumerate(groups):
+            results.append(run_group(group, store=store, group_index=index, stop=stop, **kwargs))
+            if on_group_done is not None:
+                on_group_done(results)
+    return results
 
 
 # ------------------------------------------------------------------------------------------- aggregation
@@ -736,14 +977,17 @@ def _slug(name: str) -> str:
 
 
 def write_outputs(workdir: str | os.PathLike, results: Sequence[GroupResult], study: Mapping[str, Any],
-                  *, max_panels: int = 16) -> list[dict]:
-    """Writes results.json, samples.npy, report.md, curves.png and sample plots; returns the records."""
+                  *, max_panels: int = 16, complete: bool = True) -> list[dict]:
+    """Writes results.json, samples.npy, report.md, curves.png and sample plots; returns the records.
+
+    ``complete``: whether ``results`` are all the study's groups (results.json's ``complete``; a study writes its
+    outputs again as each group finishes)."""
     from jaxgan import logging as log_lib
     from jaxgan.workdir import check_path
     workdir = check_path(workdir)  # an empty path ('' is the current directory) is refused
     workdir.mkdir(parents=True, exist_ok=True)
     records = results_records(results)
-    payload = {"study": dict(study), "runs": records}
+    payload = {"study": dict(study), "complete": complete, "runs": records}
     log_lib.atomic_write_text(workdir / "results.json", json.dumps(payload, indent=1, allow_nan=False))
     shapes = {r.samples.shape[1:] for r in results}
     if len(shapes) == 1:
@@ -751,7 +995,7 @@ def write_outputs(workdir: str | os.PathLike, results: Sequence[GroupResult], st
     else:  # groups with different sample shapes cannot share one array
         for r in results:
             np.save(workdir / f"samples_{_slug(r.group.name)}.npy", r.samples)
-    (workdir / "report.md").write_text(format_report(records, study, results))
+    log_lib.atomic_write_text(workdir / "report.md", format_report(records, study, results))
     plot_curves(records, workdir / "curves.png")
     (workdir / "samples").mkdir(exist_ok=True)
     for res in results:

@@ -20,13 +20,14 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from jaxgan import config as config_lib
 from jaxgan import experiment as experiment_lib
 from jaxgan import logging as log_lib
 from jaxgan import parallel
@@ -35,14 +36,12 @@ from jaxgan import workdir as workdir_lib
 from jaxgan.checkpoint import CheckpointError, Checkpointer
 from jaxgan.data import toy
 from jaxgan.experiment import Config, ConfigError, sample_params  # sample_params: re-exported
+from jaxgan.models import MODELS
 from jaxgan.step import inline_multi_steps, make_multi_step, sample
 
-# Fields that may change between invocations on one workdir (extending a run, logging more often).
-RESUMABLE_FIELDS = ("steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "num_samples",
-                    "on_nan", "nan_lr_factor", "max_rollbacks")
-RESUMABLE_FIELDS += ("eval_every", "eval_metrics", "eval_num_samples", "eval_inception_weights")
-RESUMABLE_FIELDS += ("steps_per_call",)  # the same steps, run k per jitted call
-RESUMABLE_FIELDS += ("conv_impl",)  # the same convolutions computed by other kernels (rounding differs)
+# Fields that may change between invocations on one workdir (extending a run, logging more often): their
+# metadata (jaxgan.config.option, resume=True).
+RESUMABLE_FIELDS = config_lib.resumable_fields()
 
 
 DivergenceError = reliability.DivergenceError  # re-exported: the launcher and users catch it here
@@ -157,9 +156,10 @@ def check_workdir(config: Config, workdir: pathlib.Path, overwrite: bool) -> Non
         stored = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path} is unreadable ({e}); pass --overwrite to start afresh") from None
-    current = dataclasses.asdict(config)
-    diff = [f"--{k}={current.get(k)!r} (workdir has {v!r})" for k, v in sorted(stored.items())
-            if k not in RESUMABLE_FIELDS and current.get(k) != v]
+    # a field newer than the workdir compares as its default (the value the old run had in effect)
+    current, stored = dataclasses.asdict(config), dataclasses.asdict(Config.from_dict(stored))
+    diff = [f"--{k}={current[k]!r} (workdir has {v!r})" for k, v in sorted(stored.items())
+            if k not in RESUMABLE_FIELDS and current[k] != v]
     if diff:
         raise ConfigError(f"workdir {workdir} was created by a different configuration: {'; '.join(diff)}; use "
                           f"another --workdir or pass --overwrite")
@@ -248,6 +248,141 @@ def _rollback(exp, config: Config, restored: tuple[int, Any, dict] | None, key, 
     return step, good
 
 
+def run_calls(start: int, steps: int, *, length: Callable[[int], int], call: Callable[[int, int], None],
+              after: Callable[[int, bool], int | None], save: Callable[[int], None],
+              should_save: Callable[[int], bool], stop: reliability.StopRequest | None,
+              sync_point: Callable[[int], bool] = lambda step: True, where: str = "", stop_at_end: bool = True) -> None:
+    """The loop core of a training run (`train`) and of a study's chunk of runs (`jaxgan.sweep.run_group`).
+
+    Steps ``start .. steps``, one jitted call at a time: ``call(t, n)`` runs steps ``t .. t+n-1`` with
+    ``n = length(t)``. After each call, ending at step ``done``, in this order: the stop request is read
+    (``stop.should_stop``; in multi-process runs a collective at the steps where ``sync_point(done)``); the state is
+    to be saved when stopping, at ``steps`` or where ``should_save(done)``; ``after(done, saving)`` does the caller's
+    work at that step (non-finite checks, metrics, evaluation, samples) and may return a step to continue from instead
+    (a rollback: nothing is saved); ``save(done)``; on a stop, `jaxgan.reliability.TrainingInterrupted` naming
+    ``where`` (the checkpoint directory). ``stop_at_end=False`` leaves a stop read at ``steps`` to the caller (a
+    study writes the finished chunk's results first).
+    """
+    t = start
+    while t < steps:
+        n = length(t)
+        call(t, n)
+        done = t + n
+        stopping = (stop is not None and (stop_at_end or done < steps)
+                    and stop.should_stop(done, sync_point=sync_point(done)))
+        saving = stopping or done == steps or should_save(done)
+        restart = after(done, saving)
+        if restart is not None:
+            t = restart
+            continue
+        if saving:
+            save(done)
+        if stopping:
+            raise reliability.TrainingInterrupted(done, stop.reason, where)
+        t = done
+
+
+class _RunLoop:
+    """What `train` does around `run_calls`: its steps, the NaN guard's policy, metrics, evaluation, samples, saves.
+
+    ``state`` is the current GANState (donated to every call).
+    """
+
+    def __init__(self, config: Config, exp, state, *, data, put_batch, step_fn, multi_fn, raw_step, mesh,
+                 checkpointer: Checkpointer, abstract, writer, extractor, workdir: pathlib.Path, key,
+                 initial_data_state, latents_key, start: int, per_call: int):
+        self.config, self.exp, self.state, self.data, self.put_batch = config, exp, state, data, put_batch
+        self.step_fn, self.multi_fn, self.raw_step, self.mesh = step_fn, multi_fn, raw_step, mesh
+        self.per_call = per_call
+        self.checkpointer, self.abstract, self.writer, self.extractor = checkpointer, abstract, writer, extractor
+        self.workdir, self.key, self.latents_key = workdir, key, latents_key
+        self.initial_data_state = initial_data_state
+        self.progress = log_lib.ProgressLine(config.steps)
+        self.last_time, self.last_step = time.perf_counter(), start
+        self.record, self.rollbacks, self.skips_at_last_log, self.count, self.metrics = None, 0, 0, 0, None
+
+    def length(self, t: int) -> int:
+        """--steps_per_call=k: k steps whenever t is a multiple of k and k steps remain, else 1."""
+        k = self.per_call
+        return k if k > 1 and t % k == 0 and t + k <= self.config.steps else 1
+
+    def is_log(self, done: int) -> bool:
+        return done % self.config.log_every == 0 or done == self.config.steps
+
+    def call(self, t: int, n: int) -> None:
+        batch = self.put_batch(next(self.data)) if n == 1 else _take_batches(self.data, n)
+        if self.record is None:
+            shapes_step = self.raw_step if self.mesh is None else parallel.shard_map_step(self.raw_step, self.mesh)
+            one = batch if n == 1 else jax.tree.map(lambda b: jax.ShapeDtypeStruct(b.shape[1:], b.dtype), batch)
+            self.record = reliability.nan_record_init(reliability.metric_names(shapes_step, self.state, one))
+        self.state, self.metrics, self.record = (self.step_fn if n == 1 else self.multi_fn)(self.state, batch,
+                                                                                            self.record)
+
+    def after(self, done: int, saving: bool) -> int | None:
+        config, is_log = self.config, self.is_log(done)
+        if is_log or saving:  # never log or save without checking the state is finite
+            restart = self._check_finite(done, is_log)
+            if restart is not None:
+                return restart
+        if is_log:
+            self._log(done)
+        if config.eval_every and (done % config.eval_every == 0 or done == config.steps):
+            _log_evaluation(self.exp, self.state, config, self.extractor, self.writer, done)
+        if config.sample_every and done % config.sample_every == 0 and parallel.is_primary():
+            _save_samples(self.exp, self.state, config, self.workdir / "samples" / f"step_{done:07d}.png",
+                          self.latents_key, 64, self.writer, done)
+        return None
+
+    def save(self, done: int) -> None:
+        if self.checkpointer.latest_step() != done:
+            self.checkpointer.save(done, self.state, self.data.get_state(), force=True)
+            self.checkpointer.wait()  # the step donates `state`: finish reading it before the next step
+
+    def _check_finite(self, done: int, is_log: bool) -> int | None:
+        """--on_nan: raises `DivergenceError`, or returns the step a rollback restarts from (None: carry on)."""
+        config, checkpointer = self.config, self.checkpointer
+        first, self.count, bad = reliability.read_record(self.record)
+        if config.on_nan == "skip":
+            if is_log and self.count - self.skips_at_last_log >= done - self.last_step:
+                good, damaged = _last_good(checkpointer, self.abstract)
+                raise DivergenceError(reliability.divergence_message(
+                    first, bad, done, good and good[0], checkpointer.directory, policy="skip",
+                    extra=f"; --on_nan=skip gave up: all {done - self.last_step} steps since step {self.last_step} "
+                          f"were non-finite", damaged=damaged))
+            if is_log and self.count > self.skips_at_last_log:
+                logging.warning("--on_nan=skip: discarded %d non-finite update(s) in steps %d-%d",
+                                self.count - self.skips_at_last_log, self.last_step + 1, done)
+        elif first >= 0:
+            good, damaged = _last_good(checkpointer, self.abstract)
+            message = reliability.divergence_message(first, bad, done, good and good[0], checkpointer.directory,
+                                                     policy=config.on_nan, damaged=damaged)
+            if config.on_nan == "rollback" and self.rollbacks < config.max_rollbacks and not damaged:
+                self.rollbacks += 1
+                t, self.state = _rollback(self.exp, config, good, self.key, self.data, self.initial_data_state,
+                                          self.state, message, self.rollbacks)
+                self.writer.truncate_after(t)
+                self.record, self.last_time, self.last_step = None, time.perf_counter(), t
+                return t
+            if config.on_nan == "rollback":
+                message += f"; gave up after --max_rollbacks={config.max_rollbacks} rollbacks"
+            raise DivergenceError(message)
+        return None
+
+    def _log(self, done: int) -> None:
+        scalars = {k: float(v) for k, v in jax.device_get(self.metrics).items()}
+        if self.config.on_nan == "skip":
+            scalars["nan_skipped"] = float(self.count)
+            self.skips_at_last_log = self.count
+        now = time.perf_counter()
+        scalars["steps_per_sec"] = (done - self.last_step) / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_step = now, done
+        self.writer.write_scalars(done, scalars)
+        line = self.progress.update(done, {k: scalars[k] for k in ("d/total", "g/total")},
+                                    force=done == self.config.steps)
+        if line:
+            logging.info("%s", line)
+
+
 def train(config: Config, workdir: str | os.PathLike, *, overwrite: bool = False) -> Any:
     """Trains (or resumes) the run of ``config`` in ``workdir``; returns the final GANState."""
     # Everything that can refuse the run happens before anything is written, compiled or loaded in bulk:
@@ -270,7 +405,7 @@ def _train(config: Config, workdir: pathlib.Path, overwrite: bool) -> Any:
         next(data)
         data.set_state(initial_data_state)
     axis_name = None if mesh is None else parallel.DATA_AXIS  # per-device step, cross-replica BatchNorm
-    exp = experiment_lib.build(config, num_classes=data.num_classes, axis_name=axis_name)
+    exp = experiment_lib.build(config, num_classes=data.num_classes, axis_name=axis_name, validated=True)  # by train
     extractor = _eval_extractor(config)  # --eval_every: a missing weights file refuses the run before it starts
     workdir.mkdir(parents=True, exist_ok=True)
     if parallel.is_primary():  # process 0 writes the workdir's files; every process checkpoints
@@ -312,82 +447,26 @@ def _train(config: Config, workdir: pathlib.Path, overwrite: bool) -> Any:
     # sample/eval intervals are multiples of k (validated), so they fall on call boundaries. lax.scan, except for
     # image models on CPU, which inline the k steps (XLA:CPU runs convolutions inside a while loop ~25x slower).
     per_call = config.steps_per_call if mesh is None else 1
-    multi_fn = (jax.jit(make_multi_step(guarded_step, per_call, unroll=inline_multi_steps(not config.is_toy)),
-                        donate_argnums=(0, 2))
+    unroll = inline_multi_steps(MODELS[config.model].convolves)
+    multi_fn = (jax.jit(make_multi_step(guarded_step, per_call, unroll=unroll), donate_argnums=(0, 2))
                 if per_call > 1 else None)
     latents_key = jax.random.fold_in(key, 7)
     if parallel.is_primary():
         (workdir / "samples").mkdir(exist_ok=True)
-    progress = log_lib.ProgressLine(config.steps)
-    last_time, last_step = time.perf_counter(), start
-    record, rollbacks, skips_at_last_log = None, 0, 0
+    loop = _RunLoop(config, exp, state, data=data, put_batch=put_batch, step_fn=step_fn, multi_fn=multi_fn,
+                    raw_step=raw_step, mesh=mesh, checkpointer=checkpointer, abstract=abstract, writer=writer,
+                    extractor=extractor, workdir=workdir, key=key, initial_data_state=initial_data_state,
+                    latents_key=latents_key, start=start, per_call=per_call)
     try:
         with reliability.StopRequest() as stop:
             if stop.reason is not None and jax.process_count() == 1:  # a signal during start-up (see StopRequest)
                 raise reliability.TrainingInterrupted(start, stop.reason, checkpointer.directory)
-            t = start
-            while t < config.steps:
-                n = per_call if per_call > 1 and t % per_call == 0 and t + per_call <= config.steps else 1
-                batch = put_batch(next(data)) if n == 1 else _take_batches(data, n)
-                if record is None:
-                    shapes_step = raw_step if mesh is None else parallel.shard_map_step(raw_step, mesh)
-                    one = batch if n == 1 else jax.tree.map(lambda b: jax.ShapeDtypeStruct(b.shape[1:], b.dtype), batch)
-                    record = reliability.nan_record_init(reliability.metric_names(shapes_step, state, one))
-                state, metrics, record = (step_fn if n == 1 else multi_fn)(state, batch, record)
-                t = done = t + n
-                is_log = done % config.log_every == 0 or done == config.steps
-                stopping = stop.should_stop(done, sync_point=is_log)
-                saving = stopping or done == config.steps or checkpointer.should_save(done)
-                if is_log or saving:  # never log or save without checking the state is finite
-                    first, count, bad = reliability.read_record(record)
-                    if config.on_nan == "skip":
-                        if is_log and count - skips_at_last_log >= done - last_step:
-                            good, damaged = _last_good(checkpointer, abstract)
-                            raise DivergenceError(reliability.divergence_message(
-                                first, bad, done, good and good[0], checkpointer.directory, policy="skip",
-                                extra=f"; --on_nan=skip gave up: all {done - last_step} steps since step {last_step} "
-                                      f"were non-finite", damaged=damaged))
-                        if is_log and count > skips_at_last_log:
-                            logging.warning("--on_nan=skip: discarded %d non-finite update(s) in steps %d-%d",
-                                            count - skips_at_last_log, last_step + 1, done)
-                    elif first >= 0:
-                        good, damaged = _last_good(checkpointer, abstract)
-                        message = reliability.divergence_message(first, bad, done, good and good[0],
-                                                                 checkpointer.directory, policy=config.on_nan,
-                                                                 damaged=damaged)
-                        if config.on_nan == "rollback" and rollbacks < config.max_rollbacks and not damaged:
-                            rollbacks += 1
-                            t, state = _rollback(exp, config, good, key, data, initial_data_state, state, message,
-                                                 rollbacks)
-                            writer.truncate_after(t)
-                            record, last_time, last_step = None, time.perf_counter(), t
-                            continue
-                        if config.on_nan == "rollback":
-                            message += f"; gave up after --max_rollbacks={config.max_rollbacks} rollbacks"
-                        raise DivergenceError(message)
-                if is_log:
-                    scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    if config.on_nan == "skip":
-                        scalars["nan_skipped"] = float(count)
-                        skips_at_last_log = count
-                    now = time.perf_counter()
-                    scalars["steps_per_sec"] = (done - last_step) / max(now - last_time, 1e-9)
-                    last_time, last_step = now, done
-                    writer.write_scalars(done, scalars)
-                    line = progress.update(done, {k: scalars[k] for k in ("d/total", "g/total")},
-                                           force=done == config.steps)
-                    if line:
-                        logging.info("%s", line)
-                if config.eval_every and (done % config.eval_every == 0 or done == config.steps):
-                    _log_evaluation(exp, state, config, extractor, writer, done)
-                if config.sample_every and done % config.sample_every == 0 and parallel.is_primary():
-                    _save_samples(exp, state, config, workdir / "samples" / f"step_{done:07d}.png", latents_key, 64,
-                                  writer, done)
-                if saving and checkpointer.latest_step() != done:
-                    checkpointer.save(done, state, data.get_state(), force=True)
-                    checkpointer.wait()  # the step donates `state`: finish reading it before the next step
-                if stopping:
-                    raise reliability.TrainingInterrupted(done, stop.reason, checkpointer.directory)
+            try:
+                run_calls(start, config.steps, length=loop.length, call=loop.call, after=loop.after, save=loop.save,
+                          should_save=checkpointer.should_save, stop=stop, sync_point=loop.is_log,
+                          where=checkpointer.directory)
+            finally:
+                state = loop.state
         if config.steps > start and checkpointer.latest_step() != config.steps:
             checkpointer.save(config.steps, state, data.get_state(), force=True)
     finally:

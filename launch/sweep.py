@@ -1,4 +1,4 @@
-"""``python launch/sweep.py`` in a checkout = ``jaxgan-sweep`` (`jaxgan.cli.sweep`; flags: --helpfull)."""
+"""``python launch/sweep.py`` in a checkout = ``jaxgan-sweep`` (`jaxgan.cli.sweep`; flags: --help)."""
 import os
 import sys
 

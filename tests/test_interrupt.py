@@ -227,15 +227,19 @@ def _wait_for_line(proc, pattern, timeout=120):
     return "".join(lines)
 
 
-def test_sweep_sigint_while_it_trains_stops_at_once_and_writes_nothing(tmp_path):
+def test_sweep_sigint_while_it_trains_checkpoints_and_exits_0(tmp_path):
+    """A study stops like a run: after the current call, with a checkpoint of the chunk in progress, exit 0 and
+    the resume command (tests/test_study_resume.py reruns it)."""
     workdir = tmp_path / "w"
     proc = _start("sweep.py", workdir, "--dataset=ring8", "--width=8", "--depth=1", "--batch_size=16", "--seeds=2",
-                  "--steps=1000000")
-    before = _wait_for_line(proc, r"\d+ groups, \d+ runs")  # next: compile and train
-    time.sleep(0.5)
+                  "--steps=1000000", "--log_every=10", "--checkpoint_every=1000000")
+    _wait_for_line(proc, r"step 10/1000000")  # training
     proc.send_signal(signal.SIGINT)
     out, err = _finish(proc)
-    assert proc.returncode == interrupts.EXIT_INTERRUPTED, err[-3000:]
-    assert _last_lines(out, before + err) == ["SIGINT: interrupted; stopped at once (a sweep writes its results at "
-                                              "the end)"]
-    assert not (workdir / "results.json").exists()
+    assert proc.returncode == 0, err[-3000:]
+    (line,) = _last_lines(out, "")  # stdout: the one line
+    assert re.match(r"SIGINT: study stopped after step \d+ of a chunk; its state is in .*/w/study and finished "
+                    r"groups in .*/w/results.json; resume with: cd .* && .*launch/sweep.py .*--steps=1000000", line), line
+    step = int(re.search(r"after step (\d+)", line).group(1))
+    assert (workdir / "study" / "group_000" / "chunk_00000_checkpoints" / str(step)).is_dir()
+    assert not (workdir / "results.json").exists()  # no group finished

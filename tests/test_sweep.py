@@ -283,15 +283,26 @@ def digits_classifier_params():
 
 
 @pytest.fixture(scope="module")
+def digits_classifier(digits_classifier_params):
+    """That classifier as the `jaxgan.evaluation.Extractor` a sweep takes (logits only; no features)."""
+    from jaxgan import evaluation
+    from jaxgan.metrics import classifier
+
+    def apply(images):
+        return np.zeros((len(images), 0), np.float32), np.asarray(
+            classifier.classifier_logits(digits_classifier_params, images))
+    return evaluation.Extractor("classifier", "random", 0, 10, apply, {}, {"is": "classifier_score"})
+
+
+@pytest.fixture(scope="module")
 def digits_group():
     (group,) = sweep.plan(DIGITS, seeds=[3, 4])
     return group
 
 
 @pytest.fixture(scope="module")
-def digits_vmapped(digits_group, digits_classifier_params):
-    return sweep.run_group(digits_group, chunk=2, num_samples=DIGITS_SAMPLES,
-                           classifier_params=digits_classifier_params)
+def digits_vmapped(digits_group, digits_classifier):
+    return sweep.run_group(digits_group, chunk=2, num_samples=DIGITS_SAMPLES, classifier=digits_classifier)
 
 
 def test_digits_sweep_samples_and_classes_covered(tmp_path, digits_vmapped, digits_classifier_params):
@@ -308,10 +319,12 @@ def test_digits_sweep_samples_and_classes_covered(tmp_path, digits_vmapped, digi
         # The final metric is that of the samples returned (and written to samples.npy), recounted in numpy.
         logits = np.asarray(classifier.classifier_logits(digits_classifier_params, res.samples[i]), np.float64)
         assert covered == len(np.unique(np.argmax(logits, axis=1)))
-        # classifier score = exp(E_x KL(p(y|x) || p(y))), recomputed in float64
+        # classifier score = launch/evaluate.py's: the mean over 10 contiguous splits (np.array_split) of
+        # exp(E_x KL(p(y|x) || p(y))), recomputed in float64
         p = np.exp(logits - logits.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
-        score = np.exp(np.mean(np.sum(p * (np.log(p) - np.log(p.mean(0))[None]), axis=1)))
+        score = np.mean([np.exp(np.mean(np.sum(q * (np.log(q) - np.log(q.mean(0))[None]), axis=1)))
+                         for q in np.array_split(p, 10)])
         assert res.evals[i][-1]["classifier_score"] == pytest.approx(score, rel=1e-5)
         assert 1.0 <= score <= 10.0
     records = sweep.write_outputs(tmp_path, [res], {"seeds": 2, "steps": DIGITS.steps})
@@ -322,9 +335,8 @@ def test_digits_sweep_samples_and_classes_covered(tmp_path, digits_vmapped, digi
     assert (tmp_path / "samples" / "base.png").stat().st_size > 0
 
 
-def test_digits_vmapped_chunk_equals_separate_runs(digits_group, digits_vmapped, digits_classifier_params):
-    sequential = sweep.run_group(digits_group, chunk=1, num_samples=DIGITS_SAMPLES,
-                                 classifier_params=digits_classifier_params)
+def test_digits_vmapped_chunk_equals_separate_runs(digits_group, digits_vmapped, digits_classifier):
+    sequential = sweep.run_group(digits_group, chunk=1, num_samples=DIGITS_SAMPLES, classifier=digits_classifier)
     assert sequential.chunk == 1
     # The generator's EMA weights (sampled), its BatchNorm statistics and D, run by run.
     assert max_diff(digits_vmapped.final_params, sequential.final_params) < 1e-6
@@ -333,12 +345,12 @@ def test_digits_vmapped_chunk_equals_separate_runs(digits_group, digits_vmapped,
     assert_evals_close(digits_vmapped.evals, sequential.evals)
 
 
-def test_digits_seed_sharded_equals_one_device(digits_group, digits_vmapped, digits_classifier_params):
+def test_digits_seed_sharded_equals_one_device(digits_group, digits_vmapped, digits_classifier):
     # Image models under vmap have grouped convolutions, which XLA's SPMD partitioner cannot split over the seed
     # axis; the sweep runs each device's share of the runs under shard_map instead (one run per device here).
     mesh = sweep.sweep_mesh(dataclasses.replace(DIGITS, mesh_seed=2))
     sharded = sweep.run_group(digits_group, chunk=2, num_samples=DIGITS_SAMPLES,
-                              classifier_params=digits_classifier_params, mesh=mesh)
+                              classifier=digits_classifier, mesh=mesh)
     assert sharded.seed_devices == 2
     assert max_diff(sharded.final_params, digits_vmapped.final_params) < 1e-6
     assert max_diff(sharded.final_d_params, digits_vmapped.final_d_params) < 1e-6

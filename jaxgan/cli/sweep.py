@@ -8,7 +8,15 @@ Every field of `jaxgan.experiment.Config` is a flag (the base config of every ru
 crosses values of a hyperparameter with the seeds: run-time hyperparameters (g_lr, d_lr, penalty_weight,
 label_smoothing, instance_noise, ema_decay) share one program; program fields (loss, penalty, clip_weights,
 b1, b2, optimizer, ...) become separate groups. ``--losses`` entries ``LOSS[+PENALTY][+FIELD=VALUE]...`` are
-groups too. Writes ``W/results.json``, ``W/samples.npy``, ``W/report.md``, ``W/curves.png``, ``W/samples/``.
+groups too. Writes ``W/results.json``, ``W/samples.npy``, ``W/report.md``, ``W/curves.png``, ``W/samples/``,
+rewritten (atomically) as each group finishes.
+
+Resuming: the study's state lives in ``W/study/`` (`jaxgan.sweep.StudyStore`): finished chunks of runs, and
+checkpoints of the chunk in progress every ``--checkpoint_every`` steps. SIGTERM or Ctrl-C finishes the current
+call, checkpoints and exits 0 printing the resume command; rerunning the same command resumes (finished groups
+and chunks are read back, not trained again), and a killed study loses at most the steps since its last
+checkpoint. A workdir holding another study (other base config, seeds, sweeps, groups, chunk or evaluation
+flags) is refused unless ``--overwrite``.
 
 Several devices: ``--mesh_seed=K`` (a Config field; 1, the default, = one device) splits the runs of every
 vmapped chunk over K devices along the ``seed`` mesh axis (``jaxgan.parallel``), ``--chunk / K`` runs per
@@ -19,6 +27,7 @@ speed-up).
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -32,6 +41,7 @@ from jaxgan.experiment import Config, ConfigError  # noqa: E402
 from jaxgan.cli import common as _common  # noqa: E402
 
 _common.define_config_flags(Config)
+flags.adopt_module_key_flags(_common)  # --help lists every Config flag
 flags.DEFINE_string("workdir", None, "directory for results.json, samples.npy, report.md and plots", required=True)
 flags.DEFINE_integer("seeds", 8, "runs per configuration: seeds --seed .. --seed+N-1")
 flags.DEFINE_multi_string("sweep", [], "NAME:V1,V2,... (repeatable); see the module docstring")
@@ -44,6 +54,8 @@ flags.DEFINE_integer("chunk", 0, "runs vmapped together (0: measured default per
 flags.DEFINE_integer("eval_samples", 0, "samples per run at intermediate evaluations (0: --num_samples)")
 flags.DEFINE_integer("w1_samples", 1000, "exact W1 to the mixture on this many final samples per run (0: off)")
 flags.DEFINE_string("jax_cache_dir", "~/.cache/jaxgan/jax", "persistent compilation cache ('' to disable)")
+flags.DEFINE_bool("overwrite", False, "start afresh in a workdir that holds another study (removes its state and "
+                                      "outputs)")
 FLAGS = flags.FLAGS
 
 
@@ -75,8 +87,9 @@ def main(argv):
         return 2
     _common.quiet_library_logs()
     from jaxgan.data.images import DatasetError
-    from jaxgan import sweep
+    from jaxgan import evaluation, sweep
     from jaxgan import workdir as workdir_lib
+    from jaxgan.reliability import TrainingInterrupted, resume_command
 
     def run():
         import dataclasses
@@ -91,29 +104,40 @@ def main(argv):
         sweep.check_chunk(FLAGS.chunk, config.mesh_seed)
         mesh = sweep.sweep_mesh(config)  # None for --mesh_seed=1
         _common.enable_compile_cache(FLAGS.jax_cache_dir)
-        classifier_params = None
-        if config.dataset == "digits":
-            classifier_params = sweep.digits_classifier(config.image_size, config.channels,
-                                                        os.path.expanduser("~/.cache/jaxgan"))
-        total = sum(len(g.runs) for g in groups)
-        logging.info("%d groups, %d runs, %d steps each", len(groups), total, config.steps)
         per_call = config.steps_per_call if config.steps_per_call > 1 else 0  # 0: up to the next evaluation
+        spec = sweep.study_spec(config, seeds=FLAGS.seeds, sweep=FLAGS.sweep, losses=FLAGS.losses, search=FLAGS.search,
+                                trials=FLAGS.trials, search_seed=FLAGS.search_seed, chunk=FLAGS.chunk,
+                                eval_samples=FLAGS.eval_samples, w1_samples=FLAGS.w1_samples,
+                                platform=jax.default_backend())  # the default chunk and the numbers depend on it
+        study = {"command": " ".join(["launch/sweep.py"] + sys.argv[1:]), "base": dataclasses.asdict(config),
+                 "seeds": FLAGS.seeds, "steps": config.steps, "sweep": FLAGS.sweep, "losses": FLAGS.losses,
+                 "search": FLAGS.search, "platform": jax.default_backend()}
         with workdir_lib.hold(FLAGS.workdir):  # one writer per workdir: a second sweep is refused before it runs
-            results = sweep.run_study(groups, chunk=FLAGS.chunk or None, steps_per_call=per_call,
-                                      eval_samples=FLAGS.eval_samples,
-                                      w1_samples=FLAGS.w1_samples if config.is_toy else 0,
-                                      classifier_params=classifier_params, mesh=mesh,
-                                      log=lambda s: logging.info("%s", s))
-            study = {"command": " ".join(["launch/sweep.py"] + sys.argv[1:]), "base": dataclasses.asdict(config),
-                     "seeds": FLAGS.seeds, "steps": config.steps, "sweep": FLAGS.sweep, "losses": FLAGS.losses,
-                     "search": FLAGS.search, "platform": jax.default_backend()}
-            records = sweep.write_outputs(FLAGS.workdir, results, study)
+            store = sweep.open_study(FLAGS.workdir, spec, overwrite=FLAGS.overwrite)  # another study: refused
+            # the digits classifier of launch/evaluate.py (jaxgan.evaluation: trained once, cached)
+            classifier = evaluation.classifier_extractor() if config.dataset == "digits" else None
+            logging.info("%d groups, %d runs, %d steps each", len(groups), sum(len(g.runs) for g in groups),
+                         config.steps)
+            write = lambda results: sweep.write_outputs(FLAGS.workdir, results, study,  # noqa: E731
+                                                        complete=len(results) == len(groups))
+            try:
+                sweep.run_study(groups, store=store, on_group_done=write, chunk=FLAGS.chunk or None,
+                                steps_per_call=per_call, eval_samples=FLAGS.eval_samples,
+                                w1_samples=FLAGS.w1_samples if config.is_toy else 0,
+                                classifier=classifier, mesh=mesh, log=lambda s: logging.info("%s", s))
+            except TrainingInterrupted as e:
+                where = f"after step {e.step} of a chunk" if e.step else "between chunks"
+                print(f"{e.reason}: study stopped {where}; its state is in {store.root} and finished groups in "
+                      f"{os.path.join(FLAGS.workdir, 'results.json')}; resume with: {resume_command()}", flush=True)
+                return 0
+        records = json.loads(open(os.path.join(FLAGS.workdir, "results.json")).read())["runs"]
         logging.info("%d runs, %d diverged; report: %s", len(records), sum(r["diverged"] for r in records),
                      os.path.join(FLAGS.workdir, "report.md"))
         print(open(os.path.join(FLAGS.workdir, "report.md")).read())
 
     return interrupts.run_or_stop_at_once(lambda: _common.run_with_clean_errors(run, (ConfigError, DatasetError)), STOP,
-                                          "interrupted; stopped at once (a sweep writes its results at the end)")
+                                          "interrupted; stopped at once (rerun the command to resume from the last "
+                                          "checkpoint)")
 
 
 def entry_point() -> None:
