@@ -16,8 +16,8 @@ Axis types: meshes are built with ``AxisType.Auto`` (JAX >= 0.9 makes ``jax.make
 default). The step is written without sharding annotations and runs per device inside ``shard_map``, where
 both types behave the same; Auto additionally lets ``jax.jit``/``shard_map`` move a mis-placed input
 (e.g. a batch still on one device) instead of raising ``in_specs ... does not match``, and keeps the
-seed-axis path (plain ``jit`` over ``P("seed")`` inputs) free of Explicit-mode ``ShardingTypeError`` on
-indexing. Pass ``axis_type=AxisType.Explicit`` to `make_mesh` to get the strict behaviour; every helper
+placement and indexing of seed-sharded runs (``P("seed")`` inputs under plain ``jit``) free of Explicit-mode
+``ShardingTypeError``. Pass ``axis_type=AxisType.Explicit`` to `make_mesh` to get the strict behaviour; every helper
 here places its inputs, so both work (``tests/test_parallel.py`` checks both).
 
 CPU pitfall (``docs/parallel.md``): with more simulated devices than cores, unbounded async dispatch
@@ -37,7 +37,6 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
@@ -248,10 +247,27 @@ def init_replicated(init_fn: Callable, key: jax.Array, mesh: Mesh, *args):
     return jax.jit(init_fn, out_shardings=replicated(mesh))(key, *args)
 
 
+def on_seed_axis(fn: Callable, mesh: Mesh | None, in_specs, out_specs) -> Callable:
+    """``fn`` (vmapped over stacked runs) run by every device of the mesh's seed axis on its share of the runs.
+
+    `jax.shard_map` over ``mesh`` with no collectives over ``seed``: each of the K devices of the seed axis runs
+    ``fn`` on ``S / K`` runs, the runs axes of ``in_specs``/``out_specs`` being ``"seed"`` (e.g. ``P("seed")``
+    for ``[S, ...]``, ``P(None, "seed")`` for ``[L, S, ...]``; a data axis may split the batch too). Returns
+    ``fn`` itself without a mesh. Not jitted. (Plain ``jax.jit`` on seed-sharded inputs would leave the split to
+    XLA's SPMD partitioner, which cannot split the grouped convolutions that vmap makes of an image model's
+    convolutions: "output feature dimension ... divisible by feature_group_count".)
+    """
+    if mesh is None:
+        return fn
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+
 def init_seeds(init_fn: Callable, keys: jax.Array, mesh: Mesh, *args):
-    """``jax.vmap(init_fn)(keys, *args)`` computed directly into seed-sharded arrays (keys: ``[S]`` typed)."""
+    """``jax.vmap(init_fn)(keys, *args)`` computed directly into seed-sharded arrays (keys: ``[S]`` typed), each
+    device initialising its share of the runs (`on_seed_axis`)."""
     keys, args = shard_seeds((keys, args), mesh)
-    return jax.jit(jax.vmap(init_fn), out_shardings=seed_sharding(mesh))(keys, *args)
+    runs = P(SEED_AXIS)
+    return jax.jit(on_seed_axis(jax.vmap(init_fn), mesh, (runs,) * (1 + len(args)), runs))(keys, *args)
 
 
 def abstract_on_mesh(abstract_tree, mesh: Mesh, spec: P = P()):
@@ -388,11 +404,11 @@ def seed_parallel_step(vstep: Callable, mesh: Mesh, *, batch_per_seed: bool = Fa
       batch_per_seed: batches are ``[S, n_critic, B, ...]`` (one per run) instead of one shared
         ``[n_critic, B, ...]``.
     The state is stacked ``[S, ...]`` with S a multiple of the seed axis (`shard_seeds`/`init_seeds`); each
-    device runs ``S / seed`` runs, vmapped, with no collectives over ``seed``. Metrics come back ``[S]``.
+    device runs ``S / seed`` runs, vmapped, with no collectives over ``seed`` (`on_seed_axis`). Metrics come back
+    ``[S]``.
     """
     batch_spec = P(SEED_AXIS, None, DATA_AXIS) if batch_per_seed else BATCH_SPEC
-    fn = jax.shard_map(vstep, mesh=mesh, in_specs=(P(SEED_AXIS), batch_spec), out_specs=(P(SEED_AXIS), P(SEED_AXIS)),
-                       check_vma=False)
+    fn = on_seed_axis(vstep, mesh, (P(SEED_AXIS), batch_spec), (P(SEED_AXIS), P(SEED_AXIS)))
     jitted = jax.jit(fn, donate_argnums=(0,) if donate else ())
 
     def check(batch):

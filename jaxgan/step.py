@@ -370,21 +370,23 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module, objective: O
 
 def inline_multi_steps(has_convolutions: bool) -> bool:
     """Whether several steps in one jitted call should be inlined rather than run under ``lax.scan``: for models
-    with convolutions on the CPU backend, where XLA runs convolutions inside a while loop ~25x slower (a DCGAN
-    step). Elsewhere the scan is the faster way (H100, DCGAN 32 px, batch 256, 10 steps per call vs 1: 1.16x
-    float32, 1.46x bfloat16). With oneDNN's convolutions on CPU (jaxgan.models.onednn) the scan no longer costs
-    that, but inlining still gains a little: DCGAN 32x32x1, batch 64, 10 steps per call vs 1: scan 1.04x,
-    inlined 1.09x (compile 4.2 vs 14.9 s; ``benchmarks/step_throughput.py --steps_per_call=1,10 [--unroll]``)."""
+    with convolutions on the CPU backend, where XLA runs convolutions inside a while loop much slower. Elsewhere
+    the scan is the faster way (it also compiles faster). With oneDNN's convolutions on CPU
+    (jaxgan.models.onednn) the scan no longer costs that, but inlining still gains a little. The figures:
+    ``docs/performance.md``, "Figures behind the library's defaults"; ``benchmarks/step_throughput.py
+    --steps_per_call=1,10 [--unroll]``."""
     return has_convolutions and jax.default_backend() == "cpu"
 
 
-def make_multi_step(step: Callable, num_steps: int, *, unroll: bool = False) -> Callable:
+def make_multi_step(step: Callable, num_steps: int, *, unroll: bool = False, every_metrics: bool = False) -> Callable:
     """``num_steps`` consecutive calls of ``step`` as one function, to run them in one jitted call.
 
     ``step(state, batch, *carry) -> (state, metrics, *carry)`` (e.g. `make_train_step`'s step, or
     `jaxgan.reliability.guard_step`'s, which carries a NaN record). The result takes ``batches`` stacked on a new
     leading axis of length ``num_steps`` and returns the state and carry after the last step and the *last* step's
-    metrics, exactly what ``num_steps`` separate calls would have produced.
+    metrics, exactly what ``num_steps`` separate calls would have produced; ``every_metrics=True`` returns every
+    step's metrics instead, stacked on a leading axis of length ``num_steps`` (a study reads each step's
+    ``finite`` flag).
 
     ``unroll=False`` runs the steps under `lax.scan` (one copy of the step in the program: fast to compile; the
     right choice for MLPs, where per-call dispatch dominates). ``unroll=True`` inlines ``num_steps`` copies:
@@ -397,9 +399,11 @@ def make_multi_step(step: Callable, num_steps: int, *, unroll: bool = False) -> 
 
     def multi(state, batches, *carry):
         if unroll:
-            metrics = None
+            metrics = []
             for i in range(num_steps):
-                state, metrics, *carry = step(state, jax.tree.map(lambda b: b[i], batches), *carry)
+                state, m, *carry = step(state, jax.tree.map(lambda b: b[i], batches), *carry)
+                metrics.append(m)
+            metrics = jax.tree.map(lambda *ms: jnp.stack(ms), *metrics) if every_metrics else metrics[-1]
             return (state, metrics, *carry)
 
         def body(c, batch):
@@ -408,7 +412,7 @@ def make_multi_step(step: Callable, num_steps: int, *, unroll: bool = False) -> 
             return (s, tuple(rest)), m
 
         (state, carry), metrics = jax.lax.scan(body, (state, tuple(carry)), batches, length=num_steps)
-        return (state, jax.tree.map(lambda m: m[-1], metrics), *carry)
+        return (state, metrics if every_metrics else jax.tree.map(lambda m: m[-1], metrics), *carry)
 
     return multi
 

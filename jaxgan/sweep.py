@@ -5,7 +5,7 @@ many *runs*, each with its own seed and its own run-time hyperparameters (``GANS
 rates through ``optax.inject_hyperparams``, penalty weight, label smoothing, instance-noise scale, EMA
 decay). Runs of a group are stacked (``jax.vmap`` of ``Experiment.init`` over keys and hparams) and trained
 with ``jax.vmap(step)`` in *chunks* of ``chunk`` runs, chunk after chunk; several steps go into one jitted
-call (``lax.scan``, toy data drawn inside from ``fold_in(data_key, t)``).
+call (`jaxgan.step.make_multi_step`, toy data drawn inside from ``fold_in(data_key, t)``).
 
 Equivalence with single runs: run ``i`` starts from ``jax.random.key(seed_i)`` and sees the batches of
 ``ToyData(sampler, seed_i, ...)``, exactly what ``launch/train.py --seed=seed_i`` uses. With ``chunk=1``
@@ -14,10 +14,10 @@ changes nothing); with ``chunk > 1`` XLA:CPU computes the batched matmuls of the
 summation order, so parameters agree to float32 rounding after one step (~1e-8) and then drift apart as
 slowly as the game's own sensitivity allows (~1e-7 after 50 steps of a small MLP GAN).
 
-Chunk size: on CPU, vmapping 4-16 small MLP GANs is ~1.3x faster than running them one after another, but
-32-64 at once is slower (0.55-0.7x; stacked activations leave the cache), and vmapping convolutional GANs
-turns every convolution into a grouped one, which XLA:CPU runs slowly (``docs/performance.md``, "Many seeds
-on CPU"; ``benchmarks/sweep_speedup.py``). `default_chunk` encodes these measurements; pass ``chunk`` to override.
+Chunk size: on CPU, a handful of small MLP GANs vmapped together run faster than one after another, but
+dozens at once run slower (stacked activations leave the cache), and vmapping convolutional GANs turns every
+convolution into a grouped one, which XLA:CPU runs slowly (``docs/performance.md``, "Many seeds on CPU";
+``benchmarks/sweep_speedup.py``). `default_chunk` encodes these measurements; pass ``chunk`` to override.
 
 Several devices: with a ``mesh`` (`sweep_mesh`, ``launch/sweep.py --mesh_seed=K``) the runs of every chunk
 are split over the K devices of the mesh's ``seed`` axis (`jaxgan.parallel`): the stacked state, data keys and
@@ -63,7 +63,7 @@ from jaxgan import reliability
 from jaxgan.data import toy
 from jaxgan.experiment import Config, ConfigError
 from jaxgan.models import MODELS
-from jaxgan.step import inline_multi_steps, sample
+from jaxgan.step import inline_multi_steps, make_multi_step, sample
 
 # How a study may vary each Config field: its metadata (jaxgan.config.option, sweep=...).
 # Run-time hyperparameters: scalars in GANState.hparams; runs that differ only in them share one program.
@@ -279,9 +279,10 @@ def _program_hparams(config: Config) -> dict[str, float]:
 def default_chunk(platform: str, model: str, runs: int) -> int:
     """Runs vmapped together, from measurements (``benchmarks/sweep_speedup.py``, ``docs/performance.md``).
 
-    CPU: 8 for MLP GANs (1.3-1.4x over sequential at 4-16, 0.55-0.7x at 32-64); 1 for convolutional GANs
-    (vmapped convolutions become grouped convolutions, 0.2-0.8x). Accelerators: all runs for MLPs (a 64-run
-    chunk fills a GPU far better than one small MLP), 16 for convolutional GANs (memory).
+    CPU: 8 for MLP GANs (faster than sequential at 4-16 runs, slower at 32-64); 1 for convolutional GANs
+    (vmapped convolutions become grouped convolutions, slower than sequential). Accelerators: all runs for MLPs
+    (a 64-run chunk fills a GPU far better than one small MLP), 16 for convolutional GANs (memory). The
+    figures: ``docs/performance.md``, "Figures behind the library's defaults".
     """
     if platform == "cpu":
         chunk = 8 if model == "mlp" else 1
@@ -357,19 +358,6 @@ _RUNS = P(parallel.SEED_AXIS)  # [runs, ...]
 _STEPS_RUNS = P(None, parallel.SEED_AXIS)  # [L, runs, ...]
 
 
-def _on_seed_axis(fn: Callable, mesh: Mesh | None, in_specs, out_specs) -> Callable:
-    """``fn`` (vmapped over runs) run by every device of the mesh's seed axis on its share of the runs.
-
-    `jax.shard_map` (no collectives): each device runs ``fn`` on ``runs / K`` runs, with the specs' runs axes
-    split over ``seed``. Returns ``fn`` itself without a mesh. (Plain ``jax.jit`` on seed-sharded inputs
-    would leave the split to XLA's SPMD partitioner, which cannot split the grouped convolutions that vmap
-    makes of an image model's convolutions: "output feature dimension ... divisible by feature_group_count".)
-    """
-    if mesh is None:
-        return fn
-    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
-
-
 class _Evaluator:
     """Final / periodic sample metrics: mode coverage for 2D mixtures; for digits, the classes covered and the
     classifier score of ``classifier`` (a `jaxgan.evaluation.Extractor`, the one ``launch/evaluate.py`` uses)."""
@@ -384,7 +372,7 @@ class _Evaluator:
 
         def draw(params, model_state, key):
             return sample(gen, params, model_state, key, num_samples, num_classes=exp.num_classes)
-        self._draw = jax.jit(_on_seed_axis(jax.vmap(draw), mesh, (_RUNS,) * 3, _RUNS))
+        self._draw = jax.jit(parallel.on_seed_axis(jax.vmap(draw), mesh, (_RUNS,) * 3, _RUNS))
         self._draw_one = jax.jit(draw)
 
     def samples(self, params, model_state, keys, vmapped: bool) -> np.ndarray:
@@ -420,13 +408,13 @@ class _Evaluator:
 def make_trainer(exp, config: Config, vmapped: bool, mesh: Mesh | None = None) -> Callable:
     """``train(state, data_keys, t0, batches, length=L) -> (state, metrics [L, ...])``, jitted, state donated.
 
-    Runs steps ``t0 .. t0+L-1`` under `lax.scan`; with ``vmapped`` the state, ``data_keys`` and ``batches``
-    carry a runs axis (leading; second for ``batches``, after L). For toy data pass ``batches=None``: the
-    batch of step t is drawn inside from ``fold_in(data_key, t)`` exactly as `jaxgan.training.ToyData` does;
-    for image data pass host batches ``{"x": [L, (runs,) n_critic, B, ...], ...}``. With a ``mesh`` (vmapped
-    only) each device runs the steps of its share of the runs (`_on_seed_axis`): the inputs' runs axes are
-    split over the seed axis (place them there with `_place_runs`), and so are the outputs: the state
-    ``[runs, ...]`` ``P("seed")``, the metrics ``[L, runs]`` ``P(None, "seed")``.
+    Runs steps ``t0 .. t0+L-1`` in one call (`jaxgan.step.make_multi_step`); with ``vmapped`` the state,
+    ``data_keys`` and ``batches`` carry a runs axis (leading; second for ``batches``, after L). For toy data pass
+    ``batches=None``: the batch of step t is drawn inside from ``fold_in(data_key, t)`` exactly as
+    `jaxgan.training.ToyData` does; for image data pass host batches ``{"x": [L, (runs,) n_critic, B, ...], ...}``.
+    With a ``mesh`` (vmapped only) each device runs the steps of its share of the runs
+    (`jaxgan.parallel.on_seed_axis`): the inputs' runs axes are split over the seed axis (place them there with
+    `_place_runs`), and so are the outputs: the state ``[runs, ...]`` ``P("seed")``, the metrics ``[L, runs]`` ``P(None, "seed")``.
     """
     raw_step = exp.train_step()
     n_critic, batch_size = config.n_critic, config.batch_size
@@ -444,19 +432,16 @@ def make_trainer(exp, config: Config, vmapped: bool, mesh: Mesh | None = None) -
 
     def train_calls(state, data_keys, t0, batches, length):
         def run_steps(state, data_keys, t0, batches):
-            def body(carry, inputs):
+            def step(state, inputs):
                 t, batch = inputs
-                return per_run(carry, data_keys, t, batch)
-            if not inline_multi_steps(MODELS[config.model].convolves):
-                return jax.lax.scan(body, state, (t0 + jnp.arange(length), batches), length=length)
-            # Image models on CPU: the steps inlined in Python. XLA:CPU runs convolutions inside a while loop ~25x
-            # slower (measured here: 1.88 s vs 0.075 s per DCGAN step, also with lax.scan(unroll=True)).
-            metrics = []
-            for i in range(length):
-                state, m = body(state, (t0 + i, jax.tree.map(lambda b: b[i], batches)))
-                metrics.append(m)
-            return state, jax.tree.map(lambda *ms: jnp.stack(ms), *metrics)
-        on_devices = _on_seed_axis(run_steps, mesh, (_RUNS, _RUNS, P(), _STEPS_RUNS), (_RUNS, _STEPS_RUNS))
+                return per_run(state, data_keys, t, batch)
+            # lax.scan, or the steps inlined where XLA runs convolutions slowly inside a while loop (image models on
+            # CPU): the rule training's --steps_per_call follows
+            steps = make_multi_step(step, length, unroll=inline_multi_steps(MODELS[config.model].convolves),
+                                    every_metrics=True)
+            return steps(state, (t0 + jnp.arange(length), batches))
+        on_devices = parallel.on_seed_axis(run_steps, mesh, (_RUNS, _RUNS, P(), _STEPS_RUNS),
+                                           (_RUNS, _STEPS_RUNS))
         return on_devices(state, data_keys, t0, batches)
 
     return jax.jit(train_calls, static_argnames="length", donate_argnums=0)
@@ -529,7 +514,7 @@ def _build_program(group: Group, *, chunk, steps_per_call, eval_every, num_sampl
     mid_eval = final_eval if eval_samples == num_samples else _Evaluator(exp, config, eval_samples, classifier,
                                                                          mesh=mesh)
     vmapped = chunk > 1
-    init = (jax.jit(_on_seed_axis(jax.vmap(exp.init), mesh, (_RUNS, _RUNS), _RUNS)) if vmapped else
+    init = (jax.jit(parallel.on_seed_axis(jax.vmap(exp.init), mesh, (_RUNS, _RUNS), _RUNS)) if vmapped else
             jax.jit(exp.init))
     return _Program(exp, config, chunk, mesh, seed_devices, make_trainer(exp, config, vmapped, mesh), init,
                     final_eval, mid_eval, _eval_points(config.steps, eval_every),
@@ -549,8 +534,8 @@ def run_group(group: Group, *, chunk: int | None = None, steps_per_call: int = 0
         be a multiple of K (`SweepError` otherwise); the default is rounded up to one.
       steps_per_call: steps per jitted call (``lax.scan``); 0: up to the next evaluation (toy data) or 1
         (image data, whose batches come from the host; on CPU, K > 1 inlines K steps in one program, not a loop:
-        longer compilation, since convolutions inside a while loop run ~25x slower on XLA:CPU). Calls also end
-        at checkpoint steps.
+        longer compilation, since XLA:CPU runs convolutions inside a while loop much slower;
+        `jaxgan.step.inline_multi_steps`). Calls also end at checkpoint steps.
       eval_every: steps between evaluations (training metrics of that step + sample metrics); 0: config.log_every.
       num_samples: final samples per run (samples.npy and final metrics); None: config.num_samples for 2D data,
         256 for images.

@@ -398,22 +398,11 @@ def _train(config: Config, workdir: pathlib.Path, overwrite: bool) -> Any:
     """`train` while this run holds the workdir's lock."""
     check_workdir(config, workdir, overwrite)
     mesh = parallel.training_mesh(config)  # None: one device; else the ("seed", "data") mesh of --mesh_data
-    data = make_data(config, process_index=jax.process_index(), process_count=jax.process_count())
-    put_batch = parallel.batch_placer(mesh, global_batches=config.is_toy)  # identity without a mesh
-    initial_data_state = data.get_state()
-    if not config.is_toy:  # read one batch now, so unreadable files fail before anything is written or compiled
-        next(data)
-        data.set_state(initial_data_state)
+    data, put_batch, initial_data_state = _open_data(config, mesh)
     axis_name = None if mesh is None else parallel.DATA_AXIS  # per-device step, cross-replica BatchNorm
     exp = experiment_lib.build(config, num_classes=data.num_classes, axis_name=axis_name, validated=True)  # by train
     extractor = _eval_extractor(config)  # --eval_every: a missing weights file refuses the run before it starts
-    workdir.mkdir(parents=True, exist_ok=True)
-    if parallel.is_primary():  # process 0 writes the workdir's files; every process checkpoints
-        if overwrite:
-            clear_previous_run(workdir)
-        log_lib.atomic_write_text(workdir / "config.json", config.to_json())
-        log_lib.atomic_write_text(workdir / "run_info.json", json.dumps({**run_info(), "num_classes": exp.num_classes}, indent=1))
-    parallel.sync_processes("jaxgan_workdir_ready")
+    _write_run_files(config, exp, workdir, overwrite)
 
     key = jax.random.key(config.seed)
     abstract = jax.eval_shape(exp.init, key)
@@ -421,35 +410,12 @@ def _train(config: Config, workdir: pathlib.Path, overwrite: bool) -> Any:
         abstract = parallel.abstract_on_mesh(abstract, mesh)  # restore replicated onto this run's mesh
     checkpointer = Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every,
                                 keep=config.keep_checkpoints)
-    try:  # the newest checkpoint that verifies and is finite; newer damaged ones are set aside (one line each)
-        restored = None if overwrite else checkpointer.restore_latest(abstract, require_finite=True)
-    except CheckpointError as e:
-        checkpointer.close()
-        raise CheckpointError(f"{e}; --overwrite starts afresh (it deletes them)") from None
-    if restored is None:
-        start, state = 0, (jax.jit(exp.init)(key) if mesh is None else parallel.init_replicated(exp.init, key, mesh))
-    else:
-        start, state, data_state = restored
-        data.set_state(data_state)
-        logging.info("resumed from %s at step %d", checkpointer.directory, start)
+    start, state = _restore_or_init(exp, key, mesh, data, checkpointer, abstract, overwrite)
 
     writer = log_lib.MetricWriter(workdir) if parallel.is_primary() else parallel.NullWriter()
     writer.truncate_after(start)
     raw_step = exp.train_step(axis_name)
-    # The guard carries a device-side record of the first non-finite step (see jaxgan.reliability); with
-    # --on_nan=skip it also discards non-finite updates inside the compiled step, so donation stays safe.
-    guarded_step = reliability.guard_step(raw_step, config.on_nan)
-    if mesh is None:
-        step_fn = jax.jit(guarded_step, donate_argnums=(0, 2))
-    else:  # jit(shard_map) over the data axis; at most a few steps in flight (CPU collectives deadlock otherwise)
-        step_fn = parallel.data_parallel_step(guarded_step, mesh, num_args=3, donate_argnums=(0, 2))
-    # --steps_per_call=k: k steps per jitted call whenever t is a multiple of k and k steps remain; log/checkpoint/
-    # sample/eval intervals are multiples of k (validated), so they fall on call boundaries. lax.scan, except for
-    # image models on CPU, which inline the k steps (XLA:CPU runs convolutions inside a while loop ~25x slower).
-    per_call = config.steps_per_call if mesh is None else 1
-    unroll = inline_multi_steps(MODELS[config.model].convolves)
-    multi_fn = (jax.jit(make_multi_step(guarded_step, per_call, unroll=unroll), donate_argnums=(0, 2))
-                if per_call > 1 else None)
+    step_fn, multi_fn, per_call = _compiled_steps(config, raw_step, mesh)
     latents_key = jax.random.fold_in(key, 7)
     if parallel.is_primary():
         (workdir / "samples").mkdir(exist_ok=True)
@@ -473,8 +439,73 @@ def _train(config: Config, workdir: pathlib.Path, overwrite: bool) -> Any:
         checkpointer.close()
         writer.close()
 
-    if not parallel.is_primary():
-        return state  # process 0 writes the samples, plots and final metrics
+    if parallel.is_primary():  # process 0 writes the samples, plots and final metrics
+        _write_final_outputs(config, exp, state, workdir, latents_key)
+    return state
+
+
+def _open_data(config: Config, mesh) -> tuple[Any, Callable, dict]:
+    """(data iterator, batch placer, its initial state) of this process; an image dataset reads one batch now, so
+    unreadable files fail before anything is written or compiled."""
+    data = make_data(config, process_index=jax.process_index(), process_count=jax.process_count())
+    put_batch = parallel.batch_placer(mesh, global_batches=config.is_toy)  # identity without a mesh
+    initial_data_state = data.get_state()
+    if not config.is_toy:
+        next(data)
+        data.set_state(initial_data_state)
+    return data, put_batch, initial_data_state
+
+
+def _write_run_files(config: Config, exp, workdir: pathlib.Path, overwrite: bool) -> None:
+    """Creates ``workdir`` and (process 0) writes config.json and run_info.json, after clearing a previous run
+    when ``overwrite``; every process waits for them."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if parallel.is_primary():  # process 0 writes the workdir's files; every process checkpoints
+        if overwrite:
+            clear_previous_run(workdir)
+        log_lib.atomic_write_text(workdir / "config.json", config.to_json())
+        log_lib.atomic_write_text(workdir / "run_info.json", json.dumps({**run_info(), "num_classes": exp.num_classes}, indent=1))
+    parallel.sync_processes("jaxgan_workdir_ready")
+
+
+def _restore_or_init(exp, key, mesh, data, checkpointer: Checkpointer, abstract, overwrite: bool) -> tuple[int, Any]:
+    """(start step, state): the newest checkpoint that verifies and is finite (``data`` set to its position; newer
+    damaged ones are set aside, one line each), or step 0 and a fresh state (none, or ``overwrite``)."""
+    try:
+        restored = None if overwrite else checkpointer.restore_latest(abstract, require_finite=True)
+    except CheckpointError as e:
+        checkpointer.close()
+        raise CheckpointError(f"{e}; --overwrite starts afresh (it deletes them)") from None
+    if restored is None:
+        return 0, (jax.jit(exp.init)(key) if mesh is None else parallel.init_replicated(exp.init, key, mesh))
+    start, state, data_state = restored
+    data.set_state(data_state)
+    logging.info("resumed from %s at step %d", checkpointer.directory, start)
+    return start, state
+
+
+def _compiled_steps(config: Config, raw_step, mesh) -> tuple[Callable, Callable | None, int]:
+    """(one-step function, k-step function or None, k = steps per call) of the guarded step, both jitted with the
+    state and the NaN record donated: ``fn(state, batch, record) -> (state, metrics, record)``."""
+    # The guard carries a device-side record of the first non-finite step (see jaxgan.reliability); with
+    # --on_nan=skip it also discards non-finite updates inside the compiled step, so donation stays safe.
+    guarded_step = reliability.guard_step(raw_step, config.on_nan)
+    if mesh is None:
+        step_fn = jax.jit(guarded_step, donate_argnums=(0, 2))
+    else:  # jit(shard_map) over the data axis; at most a few steps in flight (CPU collectives deadlock otherwise)
+        step_fn = parallel.data_parallel_step(guarded_step, mesh, num_args=3, donate_argnums=(0, 2))
+    # --steps_per_call=k: k steps per jitted call whenever t is a multiple of k and k steps remain; log/checkpoint/
+    # sample/eval intervals are multiples of k (validated), so they fall on call boundaries. lax.scan, except where
+    # `jaxgan.step.inline_multi_steps` inlines the k steps (image models on CPU).
+    per_call = config.steps_per_call if mesh is None else 1
+    unroll = inline_multi_steps(MODELS[config.model].convolves)
+    multi_fn = (jax.jit(make_multi_step(guarded_step, per_call, unroll=unroll), donate_argnums=(0, 2))
+                if per_call > 1 else None)
+    return step_fn, multi_fn, per_call
+
+
+def _write_final_outputs(config: Config, exp, state, workdir: pathlib.Path, latents_key) -> None:
+    """samples.png, losses.png and, for 2D mixtures, final_metrics.json (mode coverage) of the final ``state``."""
     num = config.num_samples if config.is_toy else 64
     x = _save_samples(exp, state, config, workdir / "samples.png", latents_key, num)
     log_lib.plot_losses(workdir / "metrics.jsonl", workdir / "losses.png",
@@ -486,7 +517,6 @@ def _train(config: Config, workdir: pathlib.Path, overwrite: bool) -> Any:
         log_lib.atomic_write_text(workdir / "final_metrics.json", json.dumps({"step": config.steps, **result}, indent=1))
         logging.info("mode coverage of %d samples: %s", num, {k: result[k] for k in
                                                               ("modes_captured", "high_quality_fraction")})
-    return state
 
 
 def _onednn_here() -> bool:

@@ -54,7 +54,9 @@ def signal_from_gc_callback():
     gc.callbacks.remove(callback)
 
 
-def _run_python_code(seconds=1.0):
+def _run_python_code(seconds=10.0):
+    # Busy Python code for up to ``seconds``; the expected KeyboardInterrupt ends it early (the redelivery runs on a
+    # timer thread 10 ms later, which a loaded 2-core machine may schedule late: 1 s was too short under a full suite)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         pass
