@@ -251,6 +251,16 @@ def read_flagfile(path, config_cls) -> dict:
     return values
 
 
+def begin(argv: list[str]) -> bool:
+    """A program's first step after parsing its flags: False (with one ``error:`` line) for positional arguments,
+    which absl would otherwise ignore; else library logs are quieted (`quiet_library_logs`) and True."""
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}; flags are written --name=value", file=sys.stderr)
+        return False
+    quiet_library_logs()
+    return True
+
+
 def quiet_library_logs() -> None:
     """INFO lines only from jaxgan; libraries (orbax, tfds, jax) show warnings and errors only."""
     import logging as std_logging

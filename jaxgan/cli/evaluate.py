@@ -114,10 +114,8 @@ def write_records(workdir: pathlib.Path, record: dict, out: str = "") -> list[pa
 
 
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}; flags are written --name=value", file=sys.stderr)
+    if not _common.begin(argv):
         return 2
-    _common.quiet_library_logs()
 
     def run():
         from jaxgan import evaluation

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import sys
 
 from absl import flags  # noqa: E402
 
@@ -137,10 +136,8 @@ def write(out: pathlib.Path, x, fmt: str, grid: bool) -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}; flags are written --name=value", file=sys.stderr)
+    if not _common.begin(argv):
         return 2
-    _common.quiet_library_logs()
 
     def run():
         import jax

@@ -82,10 +82,8 @@ def check_flags_apply(base, groups) -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}; flags are written --name=value", file=sys.stderr)
+    if not _common.begin(argv):
         return 2
-    _common.quiet_library_logs()
     from jaxgan.data.images import DatasetError
     from jaxgan import evaluation, sweep
     from jaxgan import workdir as workdir_lib

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import flags, logging  # noqa: E402
+from absl import flags  # noqa: E402
 
 from jaxgan import interrupts  # noqa: E402  (imports no JAX)
 
@@ -62,10 +62,8 @@ def check_launcher_flags(config) -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}; flags are written --name=value", file=sys.stderr)
+    if not _common.begin(argv):
         return 2
-    _common.quiet_library_logs()
     from jaxgan.data.images import DatasetError
     from jaxgan.reliability import TrainingInterrupted, resume_command
     from jaxgan.training import DivergenceError, train
