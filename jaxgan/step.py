@@ -122,7 +122,7 @@ class Game:
     d_optimizer: optax.GradientTransformation
     n_critic: int = 1
     ema_start: int = 0
-    clip_weights: float | None = None  # legacy: prefer `penalties.clip_weights_transform` on d_optimizer
+    clip_weights: float | None = None  # legacy: prefer `clip_weights_transform` on d_optimizer
     instance_noise_anneal_steps: int | None = None  # legacy: for ``hparams["instance_noise"]`` without a transform
     num_classes: int = 0
     axis_name: str | None = None
@@ -327,7 +327,7 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module, objective: O
         auxiliary outputs).
       objective: the game, see `jaxgan.objectives` (terms and D's input transforms).
       g_optimizer, d_optimizer: separate optax optimizers (TTUR: different learning rates); weight clipping is
-        `penalties.clip_weights_transform` chained onto d_optimizer.
+        `clip_weights_transform` chained onto d_optimizer.
       n_critic: D updates per G update (static).
       ema_start: EMA of G's weights starts at this step (`ema_update`; decay ``state.hparams["ema_decay"]``).
       clip_weights: legacy: clip every D parameter to [-c, c] after each D update.
