@@ -19,3 +19,33 @@ def pytest_collection_modifyitems(items):
     """Slow tests first (stable order otherwise): pytest-xdist hands tests out in collection order, so the
     minute-long runs start early on both workers instead of finishing last on one."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+SWEEP_ONLY_FLAGS = {"sweep", "losses", "eval_samples", "w1_samples", "chunk", "search", "trials", "search_seed"}
+
+
+def read_study_flagfile(path, tmp_path):
+    """(base Config, the Config flags the file gives, parsed --sweep values, --losses entries) of a flagfile.
+
+    A line that names neither a Config field nor a flag of launch/sweep.py (`SWEEP_ONLY_FLAGS`) fails in
+    `read_flagfile` (unknown flag)."""
+    import dataclasses
+
+    from jaxgan import sweep
+    from jaxgan.cli import common
+    from jaxgan.config import Config
+    fields = {f.name for f in dataclasses.fields(Config)}
+    given, sweeps, losses, lines = set(), [], [], []
+    for line in pathlib.Path(path).read_text().splitlines():
+        flag = line.split("#", 1)[0].strip()
+        name, _, value = flag.lstrip("-").partition("=")
+        if name == "sweep":
+            sweeps.append(sweep.parse_sweep_flag(value))
+        elif name == "losses":
+            losses = value.split(",")
+        elif name and name not in SWEEP_ONLY_FLAGS:
+            given.add(name[2:] if name.startswith("no") and name[2:] in fields else name)
+            lines.append(flag)
+    base_file = tmp_path / "base.cfg"
+    base_file.write_text("\n".join(lines))
+    return Config(**common.read_flagfile(base_file, Config)), given, sweeps, losses

@@ -4,7 +4,7 @@ import pathlib
 import jax
 import pytest
 
-from conftest import REPO
+from conftest import REPO, read_study_flagfile
 from jaxgan import experiment
 from jaxgan.cli import common as _common
 
@@ -50,26 +50,13 @@ def test_expected_configs_exist():
 
 
 STUDIES = sorted((REPO / "launch" / "configs" / "studies").glob("*.cfg"))
-SWEEP_ONLY = {"sweep", "losses", "eval_samples", "w1_samples", "chunk", "search", "trials", "search_seed"}
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
 def test_study_flagfile_plans_valid_groups(path: pathlib.Path, tmp_path):
     """Every study flagfile parses, and each of its groups is a valid experiment (no training)."""
     from jaxgan import sweep
-    config_lines, sweeps, losses = [], [], []
-    for line in path.read_text().splitlines():
-        flag = line.split("#", 1)[0].strip()
-        name, _, value = flag.lstrip("-").partition("=")
-        if name == "sweep":
-            sweeps.append(sweep.parse_sweep_flag(value))
-        elif name == "losses":
-            losses = value.split(",")
-        elif name not in SWEEP_ONLY:
-            config_lines.append(line)
-    base_file = tmp_path / "base.cfg"
-    base_file.write_text("\n".join(config_lines))
-    base = experiment.Config(**_common.read_flagfile(base_file, experiment.Config))
+    base, _, sweeps, losses = read_study_flagfile(path, tmp_path)
     groups = sweep.plan(base, seeds=2, sweep=sweeps, groups=losses)
     assert groups and all(len(g.runs) >= 2 for g in groups)
     for group in groups:

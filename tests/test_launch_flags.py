@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, read_study_flagfile
 from jaxgan import experiment
 from jaxgan.experiment import Config, ConfigError
 from jaxgan.cli import common as _common
@@ -256,7 +256,6 @@ def test_optimizer_betas_are_adams_only():
     _common.check_explicit_flags(dataclasses.replace(sgd, b1=0.9), {"optimizer"})
     # sgd and rmsprop are optax's, with no momentum: the update is -lr * g (sgd) whatever b1 is
     import jax.numpy as jnp
-    import optax
     for config in (sgd, dataclasses.replace(sgd, b1=0.9)):
         opt = experiment.make_optimizer(config, 0.1)
         state = opt.init(jnp.zeros(3))
@@ -276,19 +275,7 @@ def test_conditional_on_an_unlabelled_dataset_is_refused():
 def test_every_flagfile_passes_the_explicit_flag_checks(path: pathlib.Path, tmp_path):
     """The shipped flagfiles name no flag their configuration ignores (train: the config; sweeps: some group)."""
     from jaxgan import sweep
-    given, sweeps, losses, lines = set(), [], [], []
-    for line in path.read_text().splitlines():
-        flag = line.split("#", 1)[0].strip()
-        name, _, value = flag.lstrip("-").partition("=")
-        if name == "sweep":
-            sweeps.append(sweep.parse_sweep_flag(value))
-        elif name == "losses":
-            losses = value.split(",")
-        elif name and name in {f.name for f in dataclasses.fields(Config)}:
-            given.add(name)
-            lines.append(flag)
-    (tmp_path / "base.cfg").write_text("\n".join(lines))
-    base = Config(**_common.read_flagfile(tmp_path / "base.cfg", Config))
+    base, given, sweeps, losses = read_study_flagfile(path, tmp_path)
     if path.parent.name == "studies":
         _common.check_sweep_flags_apply(base, sweep.plan(base, seeds=1, sweep=sweeps, groups=losses), given)
     else:
