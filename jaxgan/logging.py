@@ -14,6 +14,7 @@ Files written by this module:
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import json
@@ -127,13 +128,16 @@ def _create_temp(path: pathlib.Path) -> tuple[int, pathlib.Path]:
             continue
 
 
-def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike):
+    """A binary file to write ``path`` through: a temp file beside it (the umask's mode), fsynced and renamed
+    over ``path`` when the block ends, removed if it raises, so ``path`` is either the old or the new file."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -143,6 +147,11 @@ def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_open(path) as f:
+        f.write(data)
 
 
 class MetricWriter:

@@ -740,13 +740,8 @@ class StudyStore:
         arrays = {"samples": out.samples}
         arrays.update((f"g{k}", x) for k, x in enumerate(jax.tree.leaves(out.params)))
         arrays.update((f"d{k}", x) for k, x in enumerate(jax.tree.leaves(out.d_params)))
-        path = self._chunk_path(group_index, c0, ".npz")
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
+        with log_lib.atomic_open(self._chunk_path(group_index, c0, ".npz")) as f:
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
         record = {"evals": _encode(out.evals), "diverged": out.diverged, "seconds": out.seconds}
         log_lib.atomic_write_text(self._chunk_path(group_index, c0, ".json"), json.dumps(record, allow_nan=False))
         shutil.rmtree(self._chunk_path(group_index, c0, "_checkpoints"), ignore_errors=True)

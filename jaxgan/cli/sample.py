@@ -10,7 +10,6 @@ one line on stderr).
 """
 from __future__ import annotations
 
-import os
 import pathlib
 
 from absl import flags  # noqa: E402
@@ -122,10 +121,8 @@ def write(out: pathlib.Path, x, fmt: str, grid: bool) -> None:
 
     from jaxgan import logging as log_lib
     if fmt == "npy":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp.npy")
-        np.save(tmp, x)
-        os.replace(tmp, out)
+        with log_lib.atomic_open(out) as f:
+            np.save(f, x)
     elif grid:
         out.parent.mkdir(parents=True, exist_ok=True)
         log_lib.save_image_grid(out, x)

@@ -35,6 +35,8 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageOps
 
+from jaxgan import logging as log_lib
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 KNOWN_IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "celeb_a", "lsun/bedroom", "svhn_cropped")
 CROP_MODES = ("center", "none")
@@ -316,11 +318,7 @@ def find_unreadable_images(folder: str, paths: Sequence[str], *, cache_dir: str 
     if cache_path and todo:
         good = {p: keys[p] for p in paths if reasons.get(p) is None}
         with contextlib.suppress(OSError):  # best effort: a read-only home only costs the next run the check
-            os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-            tmp = f"{cache_path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                json.dump(good, f)
-            os.replace(tmp, cache_path)
+            log_lib.atomic_write_text(cache_path, json.dumps(good))
     return sorted(bad)
 
 
