@@ -266,10 +266,12 @@ class MetricWriter:
         if self._closed:
             return
         self._closed = True
-        self._file.close()
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        try:
+            self._file.close()
+        finally:  # the TensorBoard writer's background thread is stopped even when the flush fails (full disk)
+            if self._tb is not None:
+                self._tb.close()
+                self._tb = None
 
     def __enter__(self) -> "MetricWriter":
         return self

@@ -436,8 +436,10 @@ def _train(config: Config, workdir: pathlib.Path, overwrite: bool) -> Any:
         if config.steps > start and checkpointer.latest_step() != config.steps:
             checkpointer.save(config.steps, state, data.get_state(), force=True)
     finally:
-        checkpointer.close()
-        writer.close()
+        try:
+            checkpointer.close()
+        finally:  # closed even when the checkpointer's close fails (a full disk): its event thread must end
+            writer.close()
 
     if parallel.is_primary():  # process 0 writes the samples, plots and final metrics
         _write_final_outputs(config, exp, state, workdir, latents_key)
