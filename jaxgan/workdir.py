@@ -332,5 +332,9 @@ def quiet_io_errors() -> None:
     def hook(args):
         if args.exc_value is not None and report_io_error(args.exc_value) is not None:
             return
+        if _reported and args.exc_type in (EOFError, BrokenPipeError, ConnectionResetError, ValueError, OSError):
+            # the process is ending on the reported disk/permission failure: a library's background thread (e.g.
+            # tensorboardX's event queue) now finds its pipe or file closed; that is fallout, not a second error
+            return
         previous(args)
     threading.excepthook = hook
