@@ -323,10 +323,12 @@ def _validate_combinations(config: Config) -> None:
     """Rules across sections: a gradient penalty needs a D without BatchNorm (the model registry's
     ``d_uses_batch_norm``, read from the config: no model is built)."""
     from jaxgan import models
-    if config.penalty != "none" and build_objective(config).has_gradient_penalty:
-        _check(not models.get_spec(config.model).d_uses_batch_norm(config),
-               f"--penalty={config.penalty} needs per-example gradients, but the {config.model} discriminator "
-               f"uses BatchNorm, which couples the examples of a batch; set --d_normalization=layer_norm or none")
+    terms = build_objective(config).batch_norm_free_terms
+    if terms and models.get_spec(config.model).d_uses_batch_norm(config):
+        what = f"--penalty={config.penalty}" if config.penalty in terms else f"the terms {', '.join(terms)}"
+        _check(False, f"{what} needs per-example gradients or D on batches of its own, but the {config.model} "
+                      f"discriminator uses BatchNorm, which couples the examples of a batch; set "
+                      f"--d_normalization=layer_norm or none")
 
 
 def make_optimizer(config: Config, learning_rate: float, b1: float | None = None, *,

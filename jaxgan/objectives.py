@@ -50,6 +50,10 @@ class TermInputs(NamedTuple):
     g_aux: Any = None  # G terms: G's auxiliary outputs when G returns (x, aux), e.g. intermediate latents
     step: jax.Array | None = None  # int32 update counter of this player (D: D updates, G: steps); lazy terms
     transform_states: Mapping[str, Any] | None = None  # ``GANState.transforms`` (e.g. a running mean of D's outputs)
+    latents: jax.Array | None = None  # [B, latent_dim] the z that generated `fake`
+    # (z, labels) -> G(z) in data space, training mode, no state updates (before the input transforms):
+    # differentiable in G's parameters in G terms, a constant (stop_gradient) in D terms; e.g. zCR
+    g_fn: Callable[[jax.Array, jax.Array | None], jax.Array] | None = None
 
     def d_on(self, labels: jax.Array | None) -> Callable[[jax.Array], jax.Array]:
         """The closure ``x -> D(x, labels)`` that `jaxgan.penalties` takes."""
@@ -69,6 +73,10 @@ class Term:
     needs_real: bool = False  # a G term that needs D(real)
     needs_input_gradients: bool = False  # per-example input gradients of D (refused with BatchNorm in D)
     every: int = 1  # lazy regularization: evaluated when step % every == 0, with its weight times `every`
+    # evaluates D through ``d_fn`` (inference mode) on batches of its own, e.g. consistency regularization:
+    # refused with BatchNorm in D, whose inference-mode outputs differ from the training-mode ones
+    per_example_d: bool = False
+    metric_only: bool = False  # logged, never added to the player's loss (e.g. D's class accuracy)
 
     def weight_value(self, hparams: Mapping[str, Any]):
         weight = self.weight * self.every
@@ -93,6 +101,13 @@ class TransformStats(NamedTuple):
     hparams: Mapping[str, jax.Array]
     real_outputs: jax.Array  # D(real) of the last D update (before that update), e.g. for ADA's sign(D(real))
     fake_outputs: jax.Array  # D(fake) of the last D update, e.g. for LeCam's running means
+    axis_name: str | None = None  # the data-parallel axis: outputs are this device's share of the batch
+
+    def mean(self, x: jax.Array) -> jax.Array:
+        """The mean of ``x`` over the global batch (every device of the data axis gets the same value), so that
+        a transform's state stays identical on every device."""
+        m = jnp.mean(x)
+        return m if self.axis_name is None else jax.lax.pmean(m, self.axis_name)
 
 
 @runtime_checkable
@@ -205,8 +220,14 @@ class Objective:
     def has_gradient_penalty(self) -> bool:
         return any(t.needs_input_gradients for t in self.d_terms)
 
+    @property
+    def batch_norm_free_terms(self) -> tuple[str, ...]:
+        """Names of the terms that need a D without BatchNorm (input gradients, or D on batches of their own)."""
+        return tuple(dict.fromkeys(t.name for t in self.terms if t.needs_input_gradients or t.per_example_d))
+
     def evaluate(self, player: str, inputs: TermInputs) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Weighted total of ``player``'s terms and each term's unweighted value (for the metrics)."""
+        """Weighted total of ``player``'s terms and each term's unweighted value (for the metrics); metric-only
+        terms are reported, not added."""
         terms = self.d_terms if player == "d" else self.g_terms
         keys = jax.random.split(inputs.key, max(len(terms), 1))
         total = jnp.zeros((), jnp.float32)
@@ -214,7 +235,8 @@ class Objective:
         for term, key in zip(terms, keys):
             value = term.value(inputs._replace(key=key))
             values[term.name] = value
-            total = total + term.weight_value(inputs.hparams) * value
+            if not term.metric_only:
+                total = total + term.weight_value(inputs.hparams) * value
         return total, values
 
 

@@ -203,6 +203,15 @@ def _d_fn(game: Game, d_params, d_state):
     return lambda x, labels: split_outputs(_apply(game.penalty_discriminator, d_params, d_state, x, labels, False)[0])[0]
 
 
+def _g_fn(game: Game, g_params, g_state, constant: bool):
+    """Terms' G: ``(z, labels) -> G(z)`` in training mode, state updates discarded, main output only;
+    ``constant``: no gradient to G's parameters (D terms)."""
+    def g_fn(z, labels):
+        x = split_outputs(_apply(game.generator, g_params, g_state, z, labels, True)[0])[0]
+        return jax.lax.stop_gradient(x) if constant else x
+    return g_fn
+
+
 def d_update(game: Game, state: GANState, g_model_state, real, real_labels, key, counter):
     """One D update on real minibatch ``real`` [B, ...]; ``counter`` is the D-update count (lazy terms).
 
@@ -215,13 +224,14 @@ def d_update(game: Game, state: GANState, g_model_state, real, real_labels, key,
     fake, g_model_state = _apply(game.generator, state.g.params, g_model_state, z, fake_labels, train=True)
     fake = jax.lax.stop_gradient(split_outputs(fake)[0])
     real, fake = transform_inputs(game, state, k_noise, real, fake)
+    g_fn = _g_fn(game, state.g.params, g_model_state, constant=True)
 
     def loss_fn(d_params):
         real_out, fake_out, real_aux, fake_aux, new_state = _d_outputs(game, d_params, state.d.model_state, real,
                                                                        fake, real_labels, fake_labels)
         inputs = TermInputs(real_out, fake_out, real, fake, _d_fn(game, d_params, new_state), k_terms,
                             state.hparams, real_labels, fake_labels, real_aux, fake_aux, None, counter,
-                            state.transforms)
+                            state.transforms, z, g_fn)
         total, values = game.objective.evaluate("d", inputs)
         return total, (values, new_state, real_out, fake_out)
 
@@ -259,7 +269,7 @@ def g_update(game: Game, state: GANState, real, real_labels, key):
                                                       True)[0])
         inputs = TermInputs(real_out, fake_out, real, fake, _d_fn(game, d.params, d.model_state), k_terms,
                             state.hparams, real_labels, fake_labels, real_aux, fake_aux, g_aux, state.step,
-                            state.transforms)
+                            state.transforms, z, _g_fn(game, g_params, state.g.model_state, constant=False))
         total, values = game.objective.evaluate("g", inputs)
         return total, (values, g_state)
 
@@ -275,7 +285,7 @@ def g_update(game: Game, state: GANState, real, real_labels, key):
 def update_transforms(game: Game, state: GANState, d_outputs) -> tuple[dict, Metrics]:
     """Each input transform's `update` once per step, given (D(real), D(fake)) of the last D update: (new
     ``GANState.transforms``, their metrics)."""
-    stats = TransformStats(state.step, state.hparams, *d_outputs)
+    stats = TransformStats(state.step, state.hparams, *d_outputs, game.axis_name)
     new_states, metrics = dict(state.transforms), {}
     for transform in game.transforms(state.hparams):
         t_state, t_metrics = transform.update(_transform_state(state, transform), stats)
@@ -310,9 +320,11 @@ def check_step_inputs(game: Game, state: GANState, x) -> None:
         raise ValueError(f"state.hparams lacks {missing}, which the objective reads; initialise the state with "
                          f"init_gan_state(..., hparams={{**objective.hparams, ...}}) (objective.hparams holds "
                          f"their defaults: {dict(game.objective.hparams)})")
-    if game.objective.has_gradient_penalty and has_batch_norm(state.d.model_state):
-        raise ValueError("a gradient penalty needs per-example input gradients, but D uses BatchNorm, which couples "
-                         "the examples of a batch; use a D with normalization 'layer_norm' or 'none'")
+    terms = game.objective.batch_norm_free_terms
+    if terms and has_batch_norm(state.d.model_state):
+        raise ValueError(f"the terms {list(terms)} need per-example input gradients or D on batches of their own, but "
+                         f"D uses BatchNorm, which couples the examples of a batch; use a D with normalization "
+                         f"'layer_norm' or 'none'")
 
 
 def make_train_step(generator: nn.Module, discriminator: nn.Module, objective: Objective,
