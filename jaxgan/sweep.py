@@ -284,10 +284,11 @@ def default_chunk(platform: str, model: str, runs: int) -> int:
     (a 64-run chunk fills a GPU far better than one small MLP), 16 for convolutional GANs (memory). The
     figures: ``docs/performance.md``, "Figures behind the library's defaults".
     """
+    convolves = MODELS[model].convolves  # the model registry's spec: MLPs (mlp, pacgan_mlp) vmap well on CPU
     if platform == "cpu":
-        chunk = 8 if model == "mlp" else 1
+        chunk = 1 if convolves else 8
     else:
-        chunk = 256 if model == "mlp" else 16
+        chunk = 16 if convolves else 256
     return max(1, min(chunk, runs))
 
 
@@ -368,6 +369,7 @@ class _Evaluator:
         self.num_samples = num_samples
         self.classifier = classifier
         self.w1_samples = w1_samples
+        self._reference = None  # digits: the classifier's statistics of the whole dataset (fcd)
         gen = exp.generator
 
         def draw(params, model_state, key):
@@ -394,8 +396,9 @@ class _Evaluator:
             from jaxgan import evaluation
             from jaxgan.metrics import registry
             finite = np.all(np.isfinite(x.reshape(x.shape[0], -1)), axis=1)
-            _, logits = self.classifier.apply(np.clip(x[finite], -1, 1)) if finite.any() else (None, None)
+            features, logits = self.classifier.apply(np.clip(x[finite], -1, 1)) if finite.any() else (None, None)
             out["classes_covered"] = 0.0 if logits is None else float(len(np.unique(np.argmax(logits, axis=1))))
+            out["fcd"] = self.frechet_classifier_distance(features)
             # Coverage alone rewards noise, which the classifier also spreads over classes; the classifier score
             # (the Inception Score with the digits classifier) needs confident *and* varied predictions. It is
             # launch/evaluate.py's: evaluation.IS_SPLITS splits (NaN with fewer finite samples than splits).
@@ -403,6 +406,21 @@ class _Evaluator:
             out["classifier_score"] = (registry.score_of_logits(logits, num_splits=evaluation.IS_SPLITS)[0] if enough
                                        else math.nan)
         return out
+
+
+    def frechet_classifier_distance(self, features) -> float:
+        """The Fréchet distance in the classifier's features between the samples and every image of the dataset
+        (all 1797 digits, whatever ``--subset``: a small-data run is judged against the whole distribution);
+        NaN with fewer than 2 finite samples."""
+        from jaxgan import evaluation
+        if features is None or len(features) < 2:
+            return math.nan
+        if self._reference is None:
+            c = self.config
+            self._reference = evaluation.reference_statistics(self.classifier, dataset=c.dataset, split="train",
+                                                              image_size=c.image_size, channels=c.channels)["stats"]
+        from jaxgan.metrics.frechet import FeatureStats
+        return float(FeatureStats.from_features(np.asarray(features, np.float64)).frechet_distance(self._reference))
 
 
 def make_trainer(exp, config: Config, vmapped: bool, mesh: Mesh | None = None) -> Callable:
@@ -424,7 +442,7 @@ def make_trainer(exp, config: Config, vmapped: bool, mesh: Mesh | None = None) -
 
     def one_step(state, data_key, t, batch):
         if batch is None:  # toy data: the batch of step t of ToyData(seed)
-            x = sampler(jax.random.fold_in(data_key, t), n_critic * batch_size).reshape(n_critic, batch_size, -1)
+            x = toy.draw_batch(sampler, data_key, t, n_critic * batch_size).reshape(n_critic, batch_size, -1)
             batch = {"x": x}
         return raw_step(state, batch)
 
@@ -834,7 +852,7 @@ def run_study(groups: Sequence[Group], *, store: StudyStore | None = None,
 # Metrics summarised in the report, in this order, with display names and scale (x100 for percentages).
 REPORT_METRICS = (("modes_captured", "modes", 1.0), ("high_quality_fraction", "% HQ", 100.0),
                   ("reverse_kl", "rev. KL", 1.0), ("w1", "W1", 1.0), ("classes_covered", "classes", 1.0),
-                  ("classifier_score", "cls. score", 1.0))
+                  ("classifier_score", "cls. score", 1.0), ("fcd", "FCD", 1.0))
 
 
 def _finite_or_none(v):
@@ -916,8 +934,8 @@ def format_report(records: Sequence[dict], study: Mapping[str, Any], results: Se
 
 
 def plot_curves(records: Sequence[dict], out_png: str | os.PathLike,
-                metrics: Sequence[str] = ("modes_captured", "high_quality_fraction", "reverse_kl", "d/total",
-                                          "g/total", "g/grad_norm")) -> None:
+                metrics: Sequence[str] = ("modes_captured", "high_quality_fraction", "reverse_kl", "classes_covered",
+                                          "fcd", "ada_p", "d/total", "g/total", "g/grad_norm")) -> None:
     """Per configuration, the mean of each metric over seeds with a ± 1 std band (spread of the runs).
 
     Gradient norms are drawn on a log scale.

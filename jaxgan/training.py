@@ -52,7 +52,7 @@ class ToyData:
 
     def __init__(self, sampler, seed: int, n_critic: int, batch_size: int):
         key = jax.random.fold_in(jax.random.key(seed), 0x5EED)
-        draw = lambda t: sampler(jax.random.fold_in(key, t), n_critic * batch_size).reshape(n_critic, batch_size, -1)
+        draw = lambda t: toy.draw_batch(sampler, key, t, n_critic * batch_size).reshape(n_critic, batch_size, -1)
         self._sample = jax.jit(draw)
         self._sample_many = jax.jit(jax.vmap(draw))  # take(k): k batches in one call, the same numbers
         self._t = 0
@@ -86,7 +86,8 @@ class ImageData:
         self._it = make_image_dataset(config.dataset, image_size=config.image_size, channels=config.channels,
                                       batch_size=n_critic * batch_size, seed=config.seed,
                                       data_dir=config.data_dir or None, process_index=process_index,
-                                      process_count=process_count, skip_corrupt_images=config.skip_corrupt_images)
+                                      process_count=process_count, skip_corrupt_images=config.skip_corrupt_images,
+                                      subset=config.subset)
         self.num_classes = self._it.num_classes
 
     def __next__(self) -> dict:

@@ -336,3 +336,25 @@ def test_skip_corrupt_images_config_reaches_the_training_data(tmp_path):
         make_data(config)
     data = make_data(dataclasses.replace(config, skip_corrupt_images=True))
     assert next(data)["x"].shape == (1, 3, 8, 8, 1)
+
+
+def test_subset_is_fixed_nested_and_the_same_for_every_seed():
+    """--subset=N trains on N images drawn once with a fixed seed (the ADA paper's --subset): every run seed sees
+    the same N images (only their order differs), a smaller subset is part of a larger one, and an epoch of the
+    iterator visits each of them exactly once."""
+    from jaxgan.data.digits import load_digits_arrays
+    images, _ = load_digits_arrays()
+    flat = images.reshape(len(images), -1) / 8.0 - 1.0  # the digits at their native 8x8 size, as the source maps them
+
+    def drawn(subset, seed):
+        it = make_image_dataset("digits", image_size=8, channels=1, batch_size=subset // 4, seed=seed, subset=subset)
+        x = np.concatenate([next(it)["x"] for _ in range(4)]).reshape(subset, -1)
+        return [int(np.flatnonzero(np.all(np.isclose(flat, row), axis=1))[0]) for row in x]
+
+    small_a, small_b, large = drawn(180, 0), drawn(180, 1), drawn(448, 0)
+    assert len(set(small_a)) == 180 and sorted(small_a) == sorted(small_b) and small_a != small_b
+    assert set(small_a) <= set(large) and len(set(large)) == 448
+    expected = np.sort(np.random.RandomState(0).permutation(len(images))[:180])
+    np.testing.assert_array_equal(sorted(small_a), expected)
+    with pytest.raises(DatasetError, match=r"subset=1798 is not accepted .* use 1\.\.1797"):
+        make_image_dataset("digits", image_size=8, channels=1, batch_size=4, seed=0, subset=1798)

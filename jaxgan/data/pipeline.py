@@ -20,6 +20,7 @@ fingerprint of the settings that decide the order); ``set_state`` continues with
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any, Iterator
 
 import grain
@@ -107,6 +108,23 @@ def open_image_source(name: str, *, split: str = "train", image_size: int, chann
                                   data_dir=data_dir)
 
 
+SUBSET_SEED = 0  # the subset of --subset is drawn once, the same for every run seed (as the ADA paper's --subset)
+
+
+def subset_source(source: ImageSource, size: int) -> ImageSource:
+    """The first ``size`` records of a fixed shuffle (seed `SUBSET_SEED`) of ``source``, in their original order:
+    the same images for every run seed, nested (a smaller subset is part of a larger one)."""
+    n = source.num_examples
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= n:
+        raise DatasetError(f"subset={size!r} is not accepted for {source.description}; use 1..{n} (0: all "
+                           f"{n} images)")
+    order = np.random.RandomState(SUBSET_SEED).permutation(n)
+    index = np.sort(order[:int(size)])
+    records = [source.records[int(i)] for i in index]
+    return dataclasses.replace(source, records=records, num_examples=len(records),
+                               description=f"{source.description} (subset of {len(records)})")
+
+
 def _check_iterator_arguments(*, image_size, channels, crop, batch_size, seed, process_index, process_count,
                               num_epochs, num_threads, prefetch_batches) -> None:
     """Raises DatasetError naming the first of `make_image_dataset`'s arguments it does not accept."""
@@ -142,6 +160,7 @@ def make_image_dataset(
     num_threads: int = 4,
     prefetch_batches: int = 4,
     skip_corrupt_images: bool = False,
+    subset: int = 0,
 ) -> ImageIterator:
     """Builds a deterministic, resumable, per-process-sharded iterator of image batches.
 
@@ -166,6 +185,7 @@ def make_image_dataset(
         change the order of batches.
       skip_corrupt_images: folders: leave out files that cannot be decoded (one warning line) instead of
         raising `DatasetError` naming them; every file is decoded once when the folder is opened.
+      subset: train on this many images only (0: all): `subset_source`, the same images for every ``seed``.
 
     Returns:
       An :class:`ImageIterator` of ``{"x": float32 [B, S, S, C] in [-1, 1], "label": int32 [B]}``.
@@ -179,6 +199,8 @@ def make_image_dataset(
     image_size, channels = int(image_size), int(channels)
     source = open_image_source(name, split=split, image_size=image_size, channels=channels, crop=crop,
                                data_dir=data_dir, skip_corrupt_images=skip_corrupt_images)
+    if subset:
+        source = subset_source(source, subset)
     n = source.num_examples
     shard_size = n // process_count
     if batch_size > shard_size:
@@ -193,7 +215,7 @@ def make_image_dataset(
 
     fingerprint = {"name": name, "split": split if not name.startswith("folder:") else None, "seed": int(seed),
                    "batch_size": int(batch_size), "process_count": int(process_count),
-                   "num_examples": int(n), "num_epochs": num_epochs}
+                   "num_examples": int(n), "num_epochs": num_epochs, **({"subset": int(subset)} if subset else {})}
     read_options = grain.ReadOptions(num_threads=int(num_threads), prefetch_buffer_size=int(prefetch_batches))
     return ImageIterator(ds, source, fingerprint=fingerprint, image_shape=(image_size, image_size, channels),
                          batch_size=int(batch_size), shard_size=shard_size, read_options=read_options)
