@@ -56,12 +56,18 @@ class Config:
     mixture_radius: float = option(0.0, "ring radius (0: 1.0)", section="data", sweep="shape")
     mixture_std: float = option(0.0, "std of each mode (0: 0.01 ring8, 0.05 grid25)", section="data", sweep="shape")
     mixture_spacing: float = option(0.0, "grid spacing (0: 2.0)", section="data", sweep="shape")
+    toy_train_size: int = option(0, "2D datasets: train on a fixed set of N points drawn once per --seed, in epochs "
+                                 "(each point once per epoch, reshuffled every epoch), as PacGAN's 100000 (0: fresh "
+                                 "samples every batch)", section="data", sweep="shape")
     image_size: int = option(32, "image height = width", section="data", sweep="shape")
     channels: int = option(1, "image channels (1 or 3)", section="data", sweep="shape")
     data_dir: str = option("", "TFDS data directory (datasets prepared with `tfds build`)", section="data")
     skip_corrupt_images: bool = option(
         False, "folder:PATH datasets: leave out image files that cannot be decoded, with one warning line listing "
         "them (default: refuse the run, naming them; files are checked at open)", section="data")
+    subset: int = option(0, "image datasets: train on N images only (0: all), the same N for every --seed (drawn "
+                         "once with a fixed seed; a smaller subset is part of a larger one), as the ADA paper's "
+                         "--subset; small-data studies", section="data", sweep="group_entry")
     # model (jaxgan.models)
     model: str = option("mlp", "the G/D architecture (mlp for 2D data)", section="model", sweep="shape",
                         choices="jaxgan.models:MODELS")
@@ -76,14 +82,20 @@ class Config:
     d_normalization: str = option("", "DCGAN D normalisation: batch_norm (default), layer_norm, none (WGAN-GP "
                                   "critic)", section="model", sweep="shape")
     conditional: bool = option(False, "class-conditional G and D (labelled datasets)", section="model", sweep="shape")
-    attention_resolution: int = option(0, "SAGAN self-attention resolution (0: default)", section="model",
-                                       sweep="shape")
+    attention_resolution: int = option(0, "self-attention resolution of sagan, biggan, biggan_deep (0: default)",
+                                       section="model", sweep="shape")
     conv_impl: str = option("auto", "convolution implementation of the image models: auto (oneDNN on cpu where it "
                             "can run, else the fastest XLA formulation per pass), xla (plain XLA convolutions), "
                             "dnnl (oneDNN, cpu float32 only)", section="model",
                             resume=True)  # the same convolutions by other kernels (rounding differs)
     compute_dtype: str = option("float32", "float32 | bfloat16: activations and matmuls of the image models; "
                                 "parameters, optimizer state, losses and penalties stay float32", section="model")
+    mapping_layers: int = option(8, "--model=stylegan2: layers of the mapping network (8 in config F, 2 in the ADA "
+                                 "paper's small-data configs)", section="model", sweep="shape")
+    style_mixing: float = option(0.9, "--model=stylegan2: probability of style mixing regularization in training "
+                                 "(0: off)", section="model", sweep="shape")
+    truncation_psi: float = option(1.0, "--model=stylegan2: truncation psi in W around the tracked mean w for samples "
+                                   "and evaluation (1: off; 0: the mean image)", section="model", sweep="shape")
     # objective (jaxgan.objectives)
     loss: str = option("non_saturating", "the GAN game (D's and G's losses)", section="objective", sweep="group",
                        choices="jaxgan.objectives:LOSSES")
@@ -101,6 +113,72 @@ class Config:
     instance_noise_anneal_steps: int = option(
         0, "anneal the instance noise linearly to 0 over this many steps (0: constant)", section="objective",
         sweep="group")
+    # augmentation of D's inputs (jaxgan.augment)
+    augment: str = option(
+        "", "differentiable augmentation of real and fake alike (image data): diffaugment:OPS (DiffAugment, Zhao et "
+        "al. 2020; OPS a comma-separated list of color, translation, cutout, flip, applied in that order; bare "
+        "diffaugment: color,translation,cutout) or ada "
+        "(adaptive augmentation, Karras et al. 2020: blit, geometric and color groups with probability p adapted to "
+        "--ada_target); '': off", section="objective", sweep="group")
+    ada_target: float = option(0.6, "--augment=ada: the target of the overfitting heuristic r_t = E[sign(D(real))] "
+                               "(p rises while r_t > target)", section="objective", sweep="runtime")
+    ada_interval: int = option(4, "--augment=ada: train steps between adjustments of p (r_t is their mean)",
+                               section="objective", sweep="group")
+    ada_kimg: float = option(500.0, "--augment=ada: thousands of images over which p can go from 0 to 1 (the "
+                             "adjustment speed)", section="objective", sweep="group")
+    # regularizers (jaxgan.regularizers)
+    penalty_every: int = option(1, "lazy regularization (StyleGAN2's lazy R1): the --penalty runs on one D update "
+                                "in k, with its weight times k (1: every update)", section="objective",
+                                sweep="group")
+    path_length_weight: float = option(0.0, "--model=stylegan2: path length regularization of G (2 in config F; "
+                                       "0: off), lazy: every 4 G steps with its weight times 4", section="objective",
+                                       sweep="runtime")
+    cr_weight: float = option(0.0, "consistency regularization on reals (Zhang et al. 2020; 10 in the paper): "
+                              "mean (D(x) - D(T(x)))^2, T = random flip + translation by 1/8; image data; 0: off",
+                              section="objective", sweep="runtime")
+    bcr_real_weight: float = option(0.0, "balanced CR on reals (Zhao et al. 2021; 10 in the paper; image data; 0: "
+                                    "off)", section="objective", sweep="runtime")
+    bcr_fake_weight: float = option(0.0, "balanced CR on generated images (Zhao et al. 2021; 10 in the paper; 0: "
+                                    "off)", section="objective", sweep="runtime")
+    zcr_d_weight: float = option(0.0, "latent CR, D's term mean (D(G(z)) - D(G(z + eps)))^2 (Zhao et al. 2021; 5 "
+                                 "in the paper; 0: off)", section="objective", sweep="runtime")
+    zcr_g_weight: float = option(0.0, "latent CR, G's term -mean (G(z) - G(z + eps))^2 (0.5 in the paper; 0: off)",
+                                 section="objective", sweep="runtime")
+    zcr_sigma: float = option(0.05, "std of zCR's latent perturbation eps", section="objective", sweep="runtime")
+    lecam_weight: float = option(0.0, "LeCam regularization of D (Tseng et al. 2021; 0.3 for BigGAN on CIFAR): "
+                                 "outputs pulled towards EMA anchors of D(real), D(fake); 0: off",
+                                 section="objective", sweep="runtime")
+    lecam_decay: float = option(0.99, "EMA decay of LeCam's anchors", section="objective", sweep="group")
+    topk_gamma: float = option(0.0, "top k training of G (Sinha et al. 2020; 0.99 in the paper): G's loss uses the "
+                               "k fakes D rates highest, k = max(ceil(gamma^(step // --topk_decay_steps) B), "
+                               "ceil(--topk_min_fraction B)); 0 or 1: off", section="objective", sweep="group")
+    topk_min_fraction: float = option(0.5, "top k training: the smallest k as a fraction of the batch (nu)",
+                                      section="objective", sweep="group")
+    topk_decay_steps: int = option(1000, "top k training: train steps per factor gamma (the paper: one epoch)",
+                                   section="objective", sweep="group")
+    packing: int = option(
+        1, "PacGAN packing m (Lin et al. 2018): D judges m samples concatenated along the last axis (features of 2D "
+        "data, channels of images), the last of D's input transforms; --batch_size counts samples, so D sees "
+        "batch_size/m packed examples (the reference's 100 packed examples: --batch_size=100*m); unconditional "
+        "models only (1: off)", section="objective", sweep="group_entry")
+    # discriminators with more than one output (jaxgan.models.heads, jaxgan.realness, objectives.acgan)
+    auxiliary_classifier_weight: float = option(
+        0.0, "ACGAN (Odena et al. 2017): > 0 gives D an auxiliary class head (D then unconditioned, G conditional) "
+        "and adds this weight times the class cross entropy to D's and G's losses; logs d/class_accuracy_real, "
+        "d/class_accuracy_fake; needs --conditional (0: off)", section="objective", sweep="runtime")
+    realness_outcomes: int = option(
+        20, "--loss=realness: outcomes N of D's realness distribution (D outputs N logits; >= 2; the reference's "
+        "default 20, 5 in its 2D script)", section="objective", sweep="group_entry")
+    realness_anchors: str = option(
+        "gaussian_uniform", "--loss=realness: the anchors A0 (fake) / A1 (real), as the reference builds them: "
+        "gaussian_uniform (histograms of a normal / a uniform) or skewnormal (skew normals of shape -5 / +5), "
+        "each shifted apart by the reference's skew of 1", section="objective", sweep="group",
+        choices="jaxgan.realness:ANCHORS")
+    realness_generator: str = option(
+        "relativistic_anchor", "--loss=realness: G's objective: relativistic_anchor KL(D(x) || D(G(z))) - KL(A0 || "
+        "D(G(z))) (the paper's), relativistic KL(D(x) || D(G(z))) (the reference code's relativisticG), anchors "
+        "KL(A1 || D(G(z))) - KL(A0 || D(G(z)))", section="objective", sweep="group",
+        choices="jaxgan.realness:GENERATOR_OBJECTIVES")
     # optimization (jaxgan.experiment.make_optimizer, jaxgan.step)
     optimizer: str = option("adam", "adam (--b1, --b2), rmsprop (optax defaults: decay 0.9, no momentum), sgd (no "
                             "momentum)", section="optimization", sweep="group")
@@ -111,11 +189,26 @@ class Config:
     b2: float = option(0.999, "Adam beta2 (--optimizer=adam only: rmsprop and sgd refuse it)",
                        section="optimization", sweep="group")
     lr_decay: str = option("none", "none, linear (to 0 at --steps)", section="optimization", sweep="group")
+    g_ortho_weight: float = option(0.0, "BigGAN's orthogonal regularization of G's weights: W W^T pulled "
+                                   "towards a diagonal matrix (BigGAN: 0.0001; 0: off)", section="optimization", sweep="group")
+    d_ortho_weight: float = option(0.0, "orthogonal regularization of D's weights (0: off)", section="optimization",
+                                   sweep="group")
     n_critic: int = option(1, "D updates per G update", section="optimization", sweep="group_entry")
-    batch_size: int = option(64, "global batch size (per D update)", section="optimization", sweep="shape")
+    update_order: str = option("alternating", "alternating: G's gradient is taken at D's parameters after the step's "
+                               "D updates; simultaneous: at those before them (simultaneous gradient descent, as "
+                               "PacGAN's reference code)", section="optimization", sweep="group")
+    g_latents: str = option("fresh", "fresh: the G update draws its own latents; reuse: it uses the last D update's "
+                            "latents (one draw serves both players, as the reference loops of PyTorch's DCGAN and "
+                            "PacGAN)", section="optimization", sweep="group")
+    batch_size: int = option(64, "global batch size (per D update)", section="optimization", sweep="group_entry")
     seed: int = option(0, "seed of init, latents and data order", section="optimization")
     ema_decay: float = option(0.0, "EMA decay of G's weights (0: off)", section="optimization", sweep="runtime")
     ema_start: int = option(0, "step at which the EMA starts", section="optimization", sweep="group")
+    ema_kimg: float = option(0.0, "EMA of G's weights by half-life in thousands of images (StyleGAN2: 10), instead "
+                             "of --ema_decay: decay 0.5 ** (batch / (1000 ema_kimg)) (0: off)",
+                             section="optimization", sweep="runtime")
+    ema_rampup: float = option(0.0, "--ema_kimg's ramp-up: the half-life is at most this fraction of the images "
+                               "seen so far (StyleGAN2-ADA: 0.05; 0: off)", section="optimization", sweep="runtime")
     # loop (jaxgan.training: length, bookkeeping, reliability, performance)
     steps: int = option(10000, "G updates to train for", section="loop", resume=True)
     log_every: int = option(100, "steps between metric lines", section="loop", resume=True)

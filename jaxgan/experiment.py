@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxgan import objectives
+from jaxgan import objectives, realness, regularizers
 from jaxgan.config import Config, ConfigError  # re-exported: defined in jaxgan.config
 from jaxgan.data import toy
 
@@ -40,6 +40,7 @@ def validate(config: Config, *, device_count: int | None = None) -> None:
     data_checks.validate_config(config)
     _validate_model(config)
     _validate_objective(config)
+    toolbox_validate(config)
     _validate_optimization(config)
     _validate_loop(config)
     _validate_mesh(config, device_count)
@@ -114,6 +115,22 @@ def _validate_objective(config: Config) -> None:
            "--clip_weights and --penalty=gradient_penalty are alternatives (WGAN vs WGAN-GP); choose one")
     _check(not config.instance_noise_anneal_steps or config.instance_noise > 0,
            f"--instance_noise_anneal_steps={config.instance_noise_anneal_steps} needs --instance_noise > 0")
+    regularizers.validate(config)
+
+
+def toolbox_validate(config: Config) -> None:
+    """The toolbox's options, each checked by its own module: augmentation, packing, Realness GAN, the
+    discriminator heads (ACGAN), StyleGAN2's flags and the 2D fixed training set."""
+    from jaxgan import augment, packing
+    from jaxgan.data import checks as data_checks
+    from jaxgan import models
+    from jaxgan.models import stylegan2
+    augment.validate(config)
+    packing.validate(config)
+    realness.validate(config)
+    models.validate_heads(config)
+    stylegan2.validate_flags(config)
+    data_checks.validate_toy_train_size(config)
 
 
 def _validate_optimization(config: Config) -> None:
@@ -130,7 +147,21 @@ def _validate_optimization(config: Config) -> None:
     _check_at_least(config, ("ema_start",), 0)
     _check(config.optimizer in OPTIMIZERS, f"--optimizer={config.optimizer!r} is not one of {OPTIMIZERS}")
     _check(config.lr_decay in LR_DECAYS, f"--lr_decay={config.lr_decay!r} is not one of {LR_DECAYS}")
+    from jaxgan.step import G_LATENTS, UPDATE_ORDERS
+    _check(config.update_order in UPDATE_ORDERS,
+           f"--update_order={config.update_order!r} is not one of {UPDATE_ORDERS}")
+    _check(config.g_latents in G_LATENTS, f"--g_latents={config.g_latents!r} is not one of {G_LATENTS}")
     _check(not config.ema_start or config.ema_decay > 0, f"--ema_start={config.ema_start} needs --ema_decay > 0")
+    _validate_ema_half_life(config)
+
+
+def _validate_ema_half_life(config: Config) -> None:
+    """StyleGAN2's EMA by half-life (--ema_kimg, --ema_rampup), an alternative to --ema_decay."""
+    _check_nonnegative_finite(config, ("ema_kimg",))
+    _check(math.isfinite(config.ema_rampup) and 0 <= config.ema_rampup <= 1,
+           f"--ema_rampup must be in [0, 1], got {config.ema_rampup}")
+    _check(not (config.ema_kimg and config.ema_decay),
+           f"--ema_kimg={config.ema_kimg} and --ema_decay={config.ema_decay} both set the EMA of G; pass one")
 
 
 def _validate_loop(config: Config) -> None:
@@ -212,6 +243,7 @@ def inapplicable_flags(config: Config) -> dict[str, str]:
         ("mixture_radius", config.dataset == "ring8", f"--dataset=ring8, not --dataset={config.dataset}"),
         ("mixture_spacing", config.dataset == "grid25", f"--dataset=grid25, not --dataset={config.dataset}"),
         ("mixture_modes", config.dataset != "lines", "--dataset=ring8 or grid25, not --dataset=lines"),
+        ("toy_train_size", config.is_toy, f"the 2D datasets, not --dataset={config.dataset}"),
         ("mixture_std", config.dataset != "lines", "--dataset=ring8 or grid25, not --dataset=lines"),
         ("image_size", not config.is_toy, f"image datasets, not the 2D --dataset={config.dataset}"),
         ("channels", not config.is_toy, f"image datasets, not the 2D --dataset={config.dataset}"),
@@ -219,6 +251,7 @@ def inapplicable_flags(config: Config) -> dict[str, str]:
         ("conv_impl", not config.is_toy, f"the image models' convolutions, not the 2D --dataset={config.dataset}"),
         ("data_dir", not config.is_toy and config.dataset != "digits" and not config.dataset.startswith("folder:"),
          f"TFDS datasets, not --dataset={config.dataset}"),
+        ("subset", not config.is_toy, f"image datasets, not the 2D --dataset={config.dataset}"),
         ("skip_corrupt_images", config.dataset.startswith("folder:"), f"--dataset=folder:PATH, not "
                                                                       f"--dataset={config.dataset}"),
         ("eval_metrics", config.eval_every > 0, "evaluation during training (--eval_every > 0)"),
@@ -228,7 +261,17 @@ def inapplicable_flags(config: Config) -> dict[str, str]:
                                           f"none)"),
         ("b2", config.optimizer == "adam", f"--optimizer=adam (Adam's beta2; --optimizer={config.optimizer} has "
                                           f"none)"),
+        ("augment", not config.is_toy, f"image datasets, not the 2D --dataset={config.dataset}"),
+        *[(name, config.augment == "ada", f"--augment=ada, not --augment={config.augment!r}")
+          for name in ("ada_target", "ada_interval", "ada_kimg")],
+        ("realness_outcomes", config.loss == "realness", f"--loss=realness, not --loss={config.loss}"),
+        *[(name, config.model == "stylegan2", f"--model=stylegan2, not --model={config.model}")
+          for name in ("mapping_layers", "style_mixing", "truncation_psi", "path_length_weight")],
+        ("ema_rampup", config.ema_kimg > 0, "--ema_kimg > 0 (the EMA half-life)"),
+        ("realness_anchors", config.loss == "realness", f"--loss=realness, not --loss={config.loss}"),
+        ("realness_generator", config.loss == "realness", f"--loss=realness, not --loss={config.loss}"),
     ]
+    rules += regularizers.inapplicable(config)
     return {name: target for name, applies, target in rules if not applies}
 
 
@@ -332,7 +375,8 @@ def _validate_combinations(config: Config) -> None:
 
 
 def make_optimizer(config: Config, learning_rate: float, b1: float | None = None, *,
-                   updates_per_step: int = 1, clip_weights: float = 0.0) -> optax.GradientTransformation:
+                   updates_per_step: int = 1, clip_weights: float = 0.0,
+                   ortho_weight: float = 0.0) -> optax.GradientTransformation:
     """The optimizer named by ``--optimizer`` with an injectable learning rate (for sweeps and rollback).
 
     ``adam`` uses ``b1``/``b2``; ``rmsprop`` (optax's defaults: decay 0.9, no momentum, as in the WGAN paper) and
@@ -343,6 +387,9 @@ def make_optimizer(config: Config, learning_rate: float, b1: float | None = None
 
     ``clip_weights`` c > 0 (D's optimizer, ``--clip_weights``) adds weight clipping to [-c, c] as the last
     transformation (`jaxgan.step.clip_weights_transform`).
+
+    ``ortho_weight`` > 0 (``--g_ortho_weight``, ``--d_ortho_weight``) chains BigGAN's orthogonal regularization
+    before the optimizer: its gradient joins the loss's (`jaxgan.regularizers.orthogonal`).
     """
     b1 = config.b1 if b1 is None else b1
     if config.optimizer == "adam":
@@ -357,14 +404,38 @@ def make_optimizer(config: Config, learning_rate: float, b1: float | None = None
     if clip_weights:
         from jaxgan.step import clip_weights_transform
         opt = clip_weights_transform(clip_weights, opt)  # no chain level: the state layout of earlier versions
+    if ortho_weight:
+        opt = optax.chain(regularizers.add_orthogonal_regularization(ortho_weight), opt)
     return opt
 
 
 def build_objective(config: Config) -> objectives.Objective:
-    objective = objectives.build(config.loss, config.penalty, config.penalty_weight, config.label_smoothing)
+    from jaxgan import augment
+    if config.loss == "realness":  # N and the anchors from the config (validate refuses penalties with it)
+        objective = objectives.realness_gan(config.realness_outcomes, config.realness_anchors,
+                                            generator=config.realness_generator)
+    else:
+        objective = objectives.build(config.loss, "none", config.penalty_weight, config.label_smoothing)
+    if config.penalty != "none":  # lazy (every k D updates, weight x k) with --penalty_every=k > 1
+        penalty = objectives.PENALTIES[config.penalty]().weighted_by("penalty_weight", config.penalty_weight)
+        objective = objective + (penalty.every(config.penalty_every) if config.penalty_every > 1 else penalty)
+    if config.auxiliary_classifier_weight:  # ACGAN: D's class head (jaxgan.models.heads) and its terms
+        objective = objective + objectives.acgan().weighted_by("auxiliary_classifier_weight",
+                                                               config.auxiliary_classifier_weight)
+    augmentation = augment.objective(config.augment, batch_size=config.batch_size, ada_target=config.ada_target,
+                                     ada_interval=config.ada_interval, ada_kimg=config.ada_kimg)
+    if augmentation is not None:  # before instance noise and packing: they see augmented images
+        objective = objective + augmentation
     if config.instance_noise:
         objective = objective + objectives.instance_noise(config.instance_noise,
                                                           config.instance_noise_anneal_steps or None)
+    objective = regularizers.add_to_objective(objective, config)  # CR, bCR, zCR, LeCam; top-k on G's loss
+    if config.path_length_weight:  # StyleGAN2's lazy path length regularization of G
+        from jaxgan.regularizers import path_length
+        objective = objective + path_length.path_length(config.path_length_weight)
+    if config.packing > 1:  # keep it LAST: it changes the example shape the other transforms would see
+        from jaxgan.packing import packing
+        objective = objective + packing(config.packing)
     return objective
 
 
@@ -374,17 +445,20 @@ def initial_hparams(config: Config, objective: objectives.Objective) -> dict[str
     hparams.update(g_lr=config.g_lr, d_lr=config.d_lr)
     if config.ema_decay:
         hparams["ema_decay"] = config.ema_decay
+    if config.ema_kimg:  # the half-life form (`jaxgan.step.ema_update`)
+        hparams.update(ema_kimg=config.ema_kimg, ema_rampup=config.ema_rampup, ema_batch=float(config.batch_size))
     return hparams
 
 
 def sample_params(state, config: Config):
     """The generator weights samples are drawn with: the EMA weights when ``--ema_decay`` is on, else the raw ones."""
-    return state.g_ema_params if config.ema_decay else state.g.params
+    return state.g_ema_params if config.ema_decay or config.ema_kimg else state.g.params
 
 
 def toy_mixture_options(config: Config) -> dict[str, Any]:
     return dict(n_modes=config.mixture_modes or None, radius=config.mixture_radius or None,
-                std=config.mixture_std or None, spacing=config.mixture_spacing or None)
+                std=config.mixture_std or None, spacing=config.mixture_spacing or None,
+                train_size=config.toy_train_size)
 
 
 @dataclasses.dataclass
@@ -413,7 +487,8 @@ class Experiment:
         return make_train_step(self.generator, self.discriminator, self.objective, self.g_optimizer, self.d_optimizer,
                                n_critic=c.n_critic, ema_start=c.ema_start,
                                instance_noise_anneal_steps=c.instance_noise_anneal_steps or None,
-                               num_classes=self.num_classes, axis_name=axis_name)
+                               num_classes=self.num_classes, axis_name=axis_name, update_order=c.update_order,
+                               g_latents=c.g_latents)
 
 
 def build(config: Config, *, num_classes: int | None = None, axis_name: str | None = None,
@@ -440,6 +515,7 @@ def build(config: Config, *, num_classes: int | None = None, axis_name: str | No
     # a gradient penalty with BatchNorm in D is refused by validate (from the config) and by the step (from D)
     generator, discriminator = models.build_models(config, data_shape, num_classes, axis_name=axis_name)
     d_optimizer = make_optimizer(config, config.d_lr, updates_per_step=config.n_critic,
-                                 clip_weights=config.clip_weights)
-    return Experiment(config, generator, discriminator, objective, make_optimizer(config, config.g_lr), d_optimizer,
+                                 clip_weights=config.clip_weights, ortho_weight=config.d_ortho_weight)
+    return Experiment(config, generator, discriminator, objective,
+                      make_optimizer(config, config.g_lr, ortho_weight=config.g_ortho_weight), d_optimizer,
                       data_shape, num_classes, initial_hparams(config, objective), mixture)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Protocol, runtime_checkab
 import jax
 import jax.numpy as jnp
 
-from jaxgan import losses, penalties
+from jaxgan import losses, penalties, realness
 
 
 class TermInputs(NamedTuple):
@@ -308,6 +308,24 @@ def f_gan(divergence: str) -> Objective:
         lambda t: losses.f_divergence_generator_loss(t.fake_outputs, divergence))
 
 
+def realness_gan(outcomes: int = realness.DEFAULT_OUTCOMES, anchors: str = "gaussian_uniform", *,
+                 generator: str = "relativistic_anchor", skew: float = 1.0) -> Objective:
+    """Realness GAN (Xiangli et al. 2020; the functions of `jaxgan.realness`): D outputs [B, outcomes] logits, a
+    distribution over outcomes. D term ``loss``: KL(A1 || D(x)) + KL(A0 || D(G(z))); G term ``loss``: one of
+    `realness.GENERATOR_OBJECTIVES`. Metric-only D terms ``realness_real`` / ``realness_fake``: the mass D puts on
+    the outcomes where the real anchor outweighs the fake one (`realness.real_side_mass`)."""
+    if generator not in realness.GENERATOR_OBJECTIVES:
+        raise ValueError(f"realness generator objective {generator!r} is not one of {realness.GENERATOR_OBJECTIVES}")
+    a0, a1 = (a.astype("float32") for a in realness.anchors(anchors, outcomes, skew))
+    return Objective((
+        Term("loss", "d", lambda t: realness.discriminator_loss(t.real_outputs, t.fake_outputs, a0, a1)),
+        Term("realness_real", "d", lambda t: realness.real_side_mass(t.real_outputs, a0, a1), metric_only=True),
+        Term("realness_fake", "d", lambda t: realness.real_side_mass(t.fake_outputs, a0, a1), metric_only=True),
+        Term("loss", "g", lambda t: realness.generator_loss(t.real_outputs, t.fake_outputs, a0, a1, generator),
+             needs_real=generator != "anchors"),
+    ))
+
+
   # ----------------------------------------------------------------------------- penalties as D terms
 
 # Labels of a conditional D in the penalties: R1 and DRAGAN evaluate D at (perturbed) real examples with their
@@ -349,7 +367,9 @@ def acgan(label_smoothing: float = 0.0, aux_key: str = "class_logits") -> Object
     D term ``acgan``: softmax cross entropy of D's class logits on real examples (their labels; TF-GAN's
     ``label_smoothing`` on this part only) plus on generated ones (the labels G was given), as
     `losses.acgan_discriminator_loss`; G term ``acgan``: the cross entropy on generated ones
-    (`losses.acgan_generator_loss`). Add it to an adversarial loss: ``non_saturating() + acgan()``.
+    (`losses.acgan_generator_loss`). Add it to an adversarial loss: ``non_saturating() + acgan()``. Metric-only
+    D terms ``class_accuracy_real`` / ``class_accuracy_fake``: the fraction of real (fake) examples whose arg-max
+    class logit is their label (the label G was given), logged as ``d/class_accuracy_real`` / ``_fake``.
     """
     def one_hot(logits, labels):
         return jax.nn.one_hot(labels, logits.shape[-1])
@@ -363,7 +383,14 @@ def acgan(label_smoothing: float = 0.0, aux_key: str = "class_logits") -> Object
         fake = t.fake_aux[aux_key]
         return losses.acgan_generator_loss(fake, one_hot(fake, t.fake_labels))
 
-    return Objective((Term("acgan", "d", d_term), Term("acgan", "g", g_term)))
+    def accuracy(logits, labels):
+        return jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+
+    return Objective((Term("acgan", "d", d_term), Term("acgan", "g", g_term),
+                      Term("class_accuracy_real", "d", lambda t: accuracy(t.real_aux[aux_key], t.real_labels),
+                           metric_only=True),
+                      Term("class_accuracy_fake", "d", lambda t: accuracy(t.fake_aux[aux_key], t.fake_labels),
+                           metric_only=True)))
 
 
 def instance_noise(scale: float = 0.1, anneal_steps: int | None = None) -> Objective:
@@ -381,6 +408,7 @@ LOSSES: dict[str, Callable[[], Objective]] = {
     "hinge": hinge,
     "relativistic": relativistic,
     **{name: (lambda name=name: f_gan(name)) for name in ("kl", "reverse_kl", "pearson", "hellinger", "js")},
+    "realness": lambda: realness_gan(),  # D outputs --realness_outcomes logits (jaxgan.models.heads)
 }
 
 PENALTIES: dict[str, Callable[[], Objective] | None] = {

@@ -98,6 +98,16 @@ def get_learning_rate(opt_state):
     return found[0][1] if found else None
 
 
+def d_example_shape(data_shape: tuple[int, ...], transforms=()) -> tuple[int, ...]:
+    """One example's shape as D sees it: ``data_shape`` through each input transform's optional
+    ``example_shape(shape)`` (PacGAN packing, `jaxgan.packing`); transforms without one keep the shape."""
+    shape = tuple(data_shape)
+    for transform in transforms:
+        if hasattr(transform, "example_shape"):
+            shape = tuple(transform.example_shape(shape))
+    return shape
+
+
 def init_gan_state(key: jax.Array, generator: nn.Module, discriminator: nn.Module,
                    g_optimizer: optax.GradientTransformation, d_optimizer: optax.GradientTransformation, *,
                    data_shape: tuple[int, ...], hparams: Mapping[str, float] | None = None,
@@ -108,14 +118,15 @@ def init_gan_state(key: jax.Array, generator: nn.Module, discriminator: nn.Modul
     ``penalty_weight``; the train step refuses a state without them), and may add ``ema_decay``,
     ``instance_noise`` and ``g_lr``/``d_lr``: the learning rates are written into ``inject_hyperparams``
     optimizer states, so a vmapped init over learning rates gives each run its own. Pure and vmappable.
-    ``transforms``: D's input transforms (``objective.transforms``); those with state get ``GANState.transforms``.
+    ``transforms``: D's input transforms (``objective.transforms``); those with state get ``GANState.transforms``,
+    and D is initialised on the example shape they produce (`d_example_shape`).
     """
     hparams = {k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()}
     key, g_key, d_key = jax.random.split(key, 3)
     z = jnp.zeros((1, generator.latent_dim), jnp.float32)
     labels = jnp.zeros((1,), jnp.int32) if num_classes else None
     g_params, g_state = split_variables(generator.init(g_key, z, labels, train=False))
-    x = jnp.zeros((1,) + tuple(data_shape), jnp.float32)
+    x = jnp.zeros((1,) + d_example_shape(data_shape, transforms), jnp.float32)
     d_params, d_state = split_variables(discriminator.init(d_key, x, labels, train=False))
     g_opt_state = g_optimizer.init(g_params)
     d_opt_state = d_optimizer.init(d_params)

@@ -17,7 +17,10 @@ WGAN), and the G update uses the last one where the objective needs D(real) (rel
 
 Model outputs: D returns outputs [B] (or [B, ...]) or ``(outputs, aux)`` with a pytree ``aux`` of [B, ...]
 arrays (class logits, ...), which terms see as ``real_aux``/``fake_aux``; G returns x or ``(x, aux)``, which G
-terms see as ``g_aux``.
+terms see as ``g_aux``. A generator with ``needs_rng = True`` gets a ``"noise"`` Flax rng stream in the D and G
+updates (folded from the latents' key: the keys of other models are unchanged); one with
+``absorb_term_values(model_state, g_term_values) -> model_state`` gets its G terms' values after each G update
+(StyleGAN2: the path-length running mean in its model state).
 
 Discriminator calls: when D has no BatchNorm, real and fake go through D in one concatenated call; with
 BatchNorm they go separately (real, then fake), as in the reference DCGAN, so each BN batch is pure. In
@@ -42,13 +45,22 @@ from jaxgan.state import GANState, PlayerState, has_batch_norm
 Metrics = dict[str, jax.Array]
 
 
-def _apply(module: nn.Module, params, model_state, inputs, labels, train: bool):
-    """Runs a module; returns (outputs, new model_state). State updates only in training mode."""
+def _apply(module: nn.Module, params, model_state, inputs, labels, train: bool, rngs=None):
+    """Runs a module; returns (outputs, new model_state). State updates only in training mode. ``rngs``: Flax
+    rng streams (generators with ``needs_rng``, see `_g_rngs`)."""
     variables = {"params": params, **model_state}
     if train and model_state:
-        out, updates = module.apply(variables, inputs, labels, train=True, mutable=list(model_state))
+        out, updates = module.apply(variables, inputs, labels, train=True, mutable=list(model_state), rngs=rngs)
         return out, {**model_state, **updates}
-    return module.apply(variables, inputs, labels, train=train), model_state
+    return module.apply(variables, inputs, labels, train=train, rngs=rngs), model_state
+
+
+def _g_rngs(game: "Game", key):
+    """The ``"noise"`` rng stream of a generator that declares ``needs_rng`` (StyleGAN2's noise inputs and style
+    mixing), folded from the latents' key, so the keys of every other model are untouched; else None."""
+    if not getattr(game.generator, "needs_rng", False):
+        return None
+    return {"noise": game.per_device(jax.random.fold_in(key, 0x6E6F))}
 
 
 def split_outputs(out) -> tuple[jax.Array, Any]:
@@ -126,6 +138,8 @@ class Game:
     instance_noise_anneal_steps: int | None = None  # legacy: for ``hparams["instance_noise"]`` without a transform
     num_classes: int = 0
     axis_name: str | None = None
+    update_order: str = "alternating"  # or "simultaneous": G's gradient at D's parameters before the D updates
+    g_latents: str = "fresh"  # or "reuse": the G update uses the last D update's latents and labels
 
     @property
     def penalty_discriminator(self) -> nn.Module:
@@ -216,12 +230,13 @@ def d_update(game: Game, state: GANState, g_model_state, real, real_labels, key,
     """One D update on real minibatch ``real`` [B, ...]; ``counter`` is the D-update count (lazy terms).
 
     Returns (new D player, G's model state after generating the fakes, metrics, (D(real), D(fake)) before the
-    update).
+    update, (z, fake labels) of the fakes).
     """
     k_z, k_noise, k_terms = jax.random.split(key, 3)
     k_noise, k_terms = game.per_device(k_noise), game.per_device(k_terms)
     z, fake_labels = sample_latents(game, k_z, real.shape[0])
-    fake, g_model_state = _apply(game.generator, state.g.params, g_model_state, z, fake_labels, train=True)
+    fake, g_model_state = _apply(game.generator, state.g.params, g_model_state, z, fake_labels, train=True,
+                                 rngs=_g_rngs(game, k_z))
     fake = jax.lax.stop_gradient(split_outputs(fake)[0])
     real, fake = transform_inputs(game, state, k_noise, real, fake)
     g_fn = _g_fn(game, state.g.params, g_model_state, constant=True)
@@ -246,19 +261,23 @@ def d_update(game: Game, state: GANState, g_model_state, real, real_labels, key,
     metrics = {**{f"d/{k}": v for k, v in values.items()}, "d/total": total,
                "d/grad_norm": optax.tree.norm(grads), "d/real_output": real_mean,
                "d/fake_output": fake_mean, "wasserstein_estimate": real_mean - fake_mean}
-    return PlayerState(params, d_state, opt_state), g_model_state, metrics, (real_out, fake_out)
+    return PlayerState(params, d_state, opt_state), g_model_state, metrics, (real_out, fake_out), (z, fake_labels)
 
 
-def g_update(game: Game, state: GANState, real, real_labels, key):
-    """One G update; ``real`` (the last real minibatch, untransformed) only where a G term needs D(real).
+def g_update(game: Game, state: GANState, real, real_labels, key, latents=None):
+    """One G update; ``real`` (the last real minibatch, untransformed; transformed here) only where a G term
+    needs D(real).
     Returns (new G player, metrics)."""
     k_z, k_noise, k_terms = jax.random.split(key, 3)
     k_noise, k_terms = game.per_device(k_noise), game.per_device(k_terms)
-    z, fake_labels = sample_latents(game, k_z, real.shape[0])
+    z, fake_labels = sample_latents(game, k_z, real.shape[0]) if latents is None else latents
     d = state.d
+    if game.objective.g_needs_real:  # D sees real as in the D update: through its input transforms (packing)
+        real, = transform_inputs(game, state, jax.random.fold_in(k_noise, 1), real)
 
     def loss_fn(g_params):
-        out, g_state = _apply(game.generator, g_params, state.g.model_state, z, fake_labels, train=True)
+        out, g_state = _apply(game.generator, g_params, state.g.model_state, z, fake_labels, train=True,
+                              rngs=_g_rngs(game, k_z))
         fake, g_aux = split_outputs(out)
         fake, = transform_inputs(game, state, k_noise, fake)
         fake_out, fake_aux = split_outputs(_apply(game.discriminator, d.params, d.model_state, fake, fake_labels,
@@ -275,6 +294,9 @@ def g_update(game: Game, state: GANState, real, real_labels, key):
 
     (total, (values, g_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g.params)
     grads = _pmean(grads, game.axis_name)
+    absorb = getattr(game.generator, "absorb_term_values", None)
+    if absorb is not None:  # G's state fed by its terms (StyleGAN2's path-length mean); before the device mean
+        g_state = absorb(g_state, values)
     g_state = _pmean(g_state, game.axis_name)
     updates, opt_state = game.g_optimizer.update(grads, state.g.opt_state, state.g.params)
     params = optax.apply_updates(state.g.params, updates)
@@ -295,12 +317,24 @@ def update_transforms(game: Game, state: GANState, d_outputs) -> tuple[dict, Met
     return new_states, metrics
 
 
+def ema_decay(step, hparams):
+    """The EMA decay of this step: ``hparams["ema_decay"]``, or by half-life (StyleGAN2's ``ema_kimg``):
+    ``0.5 ** (batch / h)`` with h = 1000 ``ema_kimg`` images, at most ``ema_rampup`` times the images seen
+    before this step when ``ema_rampup`` > 0 (so the first step copies the weights)."""
+    if "ema_kimg" not in hparams:
+        return hparams["ema_decay"]
+    batch, rampup = hparams["ema_batch"], hparams["ema_rampup"]
+    half_life = hparams["ema_kimg"] * 1000.0
+    half_life = jnp.where(rampup > 0, jnp.minimum(half_life, step.astype(jnp.float32) * batch * rampup), half_life)
+    return jnp.power(0.5, batch / jnp.maximum(half_life, 1e-8))
+
+
 def ema_update(ema_params, params, step, hparams, ema_start: int = 0):
-    """EMA of G's weights with decay ``hparams["ema_decay"]`` from step ``ema_start`` (the weights themselves
-    before it, and always without that hparam)."""
-    if "ema_decay" not in hparams:
+    """EMA of G's weights with decay `ema_decay` from step ``ema_start`` (the weights themselves before it, and
+    always without the ``ema_decay`` / ``ema_kimg`` hparams)."""
+    if "ema_decay" not in hparams and "ema_kimg" not in hparams:
         return params
-    decay = jnp.where(step >= ema_start, hparams["ema_decay"], 0.0)
+    decay = jnp.where(step >= ema_start, ema_decay(step, hparams), 0.0)
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
 
 
@@ -327,11 +361,16 @@ def check_step_inputs(game: Game, state: GANState, x) -> None:
                          f"'layer_norm' or 'none'")
 
 
+UPDATE_ORDERS = ("alternating", "simultaneous")
+G_LATENTS = ("fresh", "reuse")
+
+
 def make_train_step(generator: nn.Module, discriminator: nn.Module, objective: Objective,
                     g_optimizer: optax.GradientTransformation, d_optimizer: optax.GradientTransformation, *,
                     n_critic: int = 1, ema_start: int = 0, clip_weights: float | None = None,
                     instance_noise_anneal_steps: int | None = None, num_classes: int = 0,
-                    axis_name: str | None = None) -> Callable[[GANState, dict], tuple[GANState, Metrics]]:
+                    axis_name: str | None = None, update_order: str = "alternating", g_latents: str = "fresh"
+                    ) -> Callable[[GANState, dict], tuple[GANState, Metrics]]:
     """Builds ``step(state, batch) -> (state, metrics)``.
 
     Args:
@@ -347,6 +386,11 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module, objective: O
         ``instance_noise`` hparam whose objective has no `objectives.instance_noise` transform.
       num_classes: > 0 for class-conditional models; fake labels are drawn uniformly.
       axis_name: data-parallel axis to average over (inside shard_map/pmap); None on one device.
+      update_order: "alternating" (default): G's gradient is taken at D's parameters after this step's D updates;
+        "simultaneous": at those before them, as in simultaneous gradient descent (PacGAN's reference code).
+      g_latents: "fresh" (default): the G update draws its own latents; "reuse": it uses the last D update's
+        latents and labels (one draw serves both players, as in the reference loops of PyTorch's DCGAN example
+        and PacGAN; G's forward pass is recomputed, with gradients).
     Metrics (scalars): ``d/<term>``, ``g/<term>``, ``d/total``, ``g/total``, ``d/grad_norm``,
     ``g/grad_norm``, ``d/real_output``, ``d/fake_output``, ``wasserstein_estimate`` (mean D(real) - mean
     D(fake), the critic's W1 estimate for Wasserstein losses), the input transforms' (``instance_noise``),
@@ -354,23 +398,30 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module, objective: O
     """
     if n_critic < 1:
         raise ValueError(f"n_critic must be >= 1, got {n_critic}")
+    if update_order not in UPDATE_ORDERS or g_latents not in G_LATENTS:
+        raise ValueError(f"update_order={update_order!r} / g_latents={g_latents!r}; accepted: {UPDATE_ORDERS} / "
+                         f"{G_LATENTS}")
     game = Game(generator, discriminator, objective, g_optimizer, d_optimizer, n_critic, ema_start, clip_weights,
-                instance_noise_anneal_steps, num_classes, axis_name)
+                instance_noise_anneal_steps, num_classes, axis_name, update_order, g_latents)
 
     def step(state: GANState, batch: dict) -> tuple[GANState, Metrics]:
-        x, labels = batch["x"], batch.get("label")
+        x = batch["x"]
+        labels = batch.get("label") if num_classes else None  # an unconditional game ignores the data's labels
         check_step_inputs(game, state, x)
         key, d_key, g_key = jax.random.split(state.key, 3)
+        d_before = state.d
         # The critic steps are unrolled rather than run under lax.scan: XLA:CPU runs convolutions inside a
         # while loop ~25x slower (measured with the digits classifier), and n_critic is small and static.
         d_player, g_model_state = state.d, state.g.model_state
         for i, d_key_i in enumerate(jax.random.split(d_key, n_critic)):
-            d_player, g_model_state, d_metrics, d_outputs = d_update(
+            d_player, g_model_state, d_metrics, d_outputs, latents = d_update(
                 game, state.replace(d=d_player), g_model_state, x[i], None if labels is None else labels[i],
                 d_key_i, state.step * n_critic + i)
         state = state.replace(d=d_player, g=state.g.replace(model_state=g_model_state))
         transforms, t_metrics = update_transforms(game, state, d_outputs)
-        g_player, g_metrics = g_update(game, state, x[-1], None if labels is None else labels[-1], g_key)
+        g_state = state if update_order == "alternating" else state.replace(d=d_before)
+        g_player, g_metrics = g_update(game, g_state, x[-1], None if labels is None else labels[-1], g_key,
+                                       latents if g_latents == "reuse" else None)
         ema = ema_update(state.g_ema_params, g_player.params, state.step, state.hparams, ema_start)
         metrics = _pmean({**d_metrics, **t_metrics, **g_metrics}, axis_name)
         metrics["finite"] = finite_flag(metrics, g_player.params, d_player.params)

@@ -1,6 +1,7 @@
 """Every registry entry works the day it is added: models (one train step), losses and penalties (one ring8 MLP
 step), image metrics (one evaluation of random features); plus the registries' lookups and messages."""
 import dataclasses
+import re
 
 import jax
 import numpy as np
@@ -20,7 +21,8 @@ def _tiny_config(name: str) -> Config:
     """The smallest run of model ``name``: its data kind, its smallest image size, width 8."""
     spec = models.MODELS[name]
     if spec.data == "2d":
-        return Config(dataset="ring8", model=name, width=8, depth=1, latent_dim=4, batch_size=BATCH)
+        depth = {"depth": 1} if name == "mlp" else {}  # pacgan_mlp has the reference's fixed depths
+        return Config(dataset="ring8", model=name, width=8, latent_dim=4, batch_size=BATCH, **depth)
     return Config(dataset="digits", model=name, image_size=min(spec.image_sizes), width=8, latent_dim=8,
                   batch_size=BATCH)
 
@@ -50,14 +52,15 @@ def test_a_model_spec_states_what_its_networks_do(name):
     config = dataclasses.replace(_tiny_config(name), width=0, latent_dim=0)
     g, d = models.build_models(config, (2,) if spec.data == "2d" else (32, 32, 1), 0)
     assert g.latent_dim == spec.default_latent_dim
-    assert models.model_widths(config) == (spec.default_width,) * 2
+    # pacgan_mlp: the reference's G 400 / D 200 units
+    assert models.model_widths(config) == ((400, 200) if name == "pacgan_mlp" else (spec.default_width,) * 2)
     assert spec.d_uses_batch_norm(config) == models.discriminator_uses_batch_norm(d)
     assert spec.convolves == (spec.data == "image")
 
 
 def test_an_unknown_model_is_a_clear_error_not_the_resnet():
     config = Config(dataset="digits", model="resnet_typo", image_size=32)
-    with pytest.raises(ConfigError, match=r"--model='resnet_typo' is not one of \['dcgan', 'mlp', 'sagan', 'sngan'\]"):
+    with pytest.raises(ConfigError, match=re.escape(f"--model='resnet_typo' is not one of {sorted(models.MODELS)}")):
         models.build_models(config, (32, 32, 1), 0)
     with pytest.raises(ConfigError, match="--model='resnet_typo' is not one of"):
         models.model_widths(config)
@@ -67,7 +70,7 @@ def test_model_options_are_refused_by_models_that_do_not_take_them():
     with pytest.raises(ConfigError, match="--d_normalization applies to --model=dcgan, not sngan"):
         models.validate_image_config(Config(dataset="digits", model="sngan", image_size=32,
                                             d_normalization="layer_norm"))
-    with pytest.raises(ConfigError, match="--attention_resolution applies to --model=sagan, not dcgan"):
+    with pytest.raises(ConfigError, match="--attention_resolution applies to --model=biggan or biggan_deep or sagan, not dcgan"):
         models.validate_image_config(Config(dataset="digits", model="dcgan", image_size=32, attention_resolution=16))
     with pytest.raises(ConfigError, match="--image_size=28 is not supported by --model=sagan; accepted: 32, 64, 128"):
         models.validate_image_config(Config(dataset="digits", model="sagan", image_size=28))

@@ -222,3 +222,31 @@ def test_a_state_without_the_objectives_hparams_is_refused_at_trace_time_with_wh
                            data_shape=exp.data_shape)  # no hparams: the objective reads two of them
     with pytest.raises(ValueError, match=r"lacks \['label_smoothing', 'penalty_weight'\].*objective\.hparams"):
         jax.eval_shape(exp.train_step(), state, ring_batch(jax.random.key(1)))
+
+
+def test_simultaneous_updates_take_g_gradient_at_d_before_its_update_and_reuse_its_latents():
+    """--update_order=simultaneous: G's update equals that of an alternating step whose D did not move (d_lr=0),
+    whatever D's own step; --g_latents=reuse: G sees D(G(z)) of the D update's z, so with the Wasserstein loss
+    g/loss = -d/fake_output (the same D at the same fakes), which fresh latents do not give."""
+    base = dict(loss="wasserstein")
+    batch = ring_batch(jax.random.key(1))
+
+    def run(**overrides):
+        exp = experiment.build(dataclasses.replace(SMALL, **base, **overrides))
+        return jax.jit(exp.train_step())(exp.init(jax.random.key(0)), batch)
+
+    sim, sim_m = run(update_order="simultaneous")
+    frozen_d, _ = run(d_lr=1e-30)  # Adam's update is lr * m/(sqrt(v)+eps): D stays put to float32 rounding
+    moved, _ = run()
+    for a, b in zip(leaves(sim.g.params), leaves(frozen_d.g.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert max(np.abs(a - b).max() for a, b in zip(leaves(sim.g.params), leaves(moved.g.params))) > 1e-6
+    for a, b in zip(leaves(sim.d.params), leaves(moved.d.params)):  # D's own update is unchanged
+        np.testing.assert_array_equal(a, b)
+
+    _, reuse_m = run(update_order="simultaneous", g_latents="reuse")
+    _, fresh_m = run(update_order="simultaneous")
+    assert float(reuse_m["g/loss"]) == pytest.approx(-float(reuse_m["d/fake_output"]), rel=1e-5, abs=1e-6)
+    assert abs(float(fresh_m["g/loss"]) + float(fresh_m["d/fake_output"])) > 1e-4
+    with pytest.raises(experiment.ConfigError, match="--update_order='sim' is not one of"):
+        experiment.validate(dataclasses.replace(SMALL, update_order="sim"))

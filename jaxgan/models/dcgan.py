@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxgan.config import ConfigError
-from jaxgan.models import layers
+from jaxgan.models import heads, layers
 from jaxgan.models.blocks import BN_EPSILON, BN_MOMENTUM, check_labels
 from jaxgan.models.spec import ModelSpec, compute_dtype
 
@@ -124,6 +124,9 @@ class DCGANDiscriminator(nn.Module):
       image_size: 28, 32, 64 or 128; inputs must have this size.
       channels: input channels.
       num_classes: 0 = unconditional; otherwise a projection term is added to the logit.
+      outputs: values per example (N > 1: logits [B, N], e.g. `jaxgan.realness`; a projection per output).
+      class_head: K > 0 adds ACGAN's class logits (a ``base x base`` convolution like the logit's): D returns
+        ``(logits, {"class_logits": [B, K]})`` (`jaxgan.models.heads`).
       ndf: width; D's widths are ndf * (1, 2, ..., 2**(n-1)).
       normalization: "batch_norm" (the DCGAN paper), "layer_norm" (per example over H, W, C with per-channel
         scale and bias, as in the WGAN-GP critic) or "none". Use "layer_norm"/"none" with gradient
@@ -139,6 +142,8 @@ class DCGANDiscriminator(nn.Module):
     num_classes: int = 0
     ndf: int = 64
     normalization: str = "batch_norm"
+    outputs: int = 1
+    class_head: int = 0
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
     conv_impl: str | None = None
@@ -173,13 +178,18 @@ class DCGANDiscriminator(nn.Module):
             if i > 0:
                 h = norm(h, f"norm{i}")
             h = nn.leaky_relu(h, 0.2)
-        logit = layers.Conv(1, (base, base), strides=(1, 1), padding="VALID", use_bias=False,
-                            kernel_init=_CONV_INIT, dtype=self.dtype, name="out")(h)
-        logit = logit.reshape(h.shape[0]).astype(jnp.float32)
+
+        def head(features, name):
+            out = layers.Conv(features, (base, base), strides=(1, 1), padding="VALID", use_bias=False,
+                              kernel_init=_CONV_INIT, dtype=self.dtype, name=name)(h)
+            return out.reshape(h.shape[0], features).astype(jnp.float32)
+
+        logit = head(self.outputs, "out")
         if labels is not None:
-            embed = nn.Embed(self.num_classes, h.shape[-1], embedding_init=_CONV_INIT, name="embed")(labels)
-            logit = logit + jnp.sum(embed * jnp.sum(h.astype(jnp.float32), axis=(1, 2)), axis=-1)
-        return logit.astype(jnp.float32)
+            embed = nn.Embed(self.num_classes, h.shape[-1] * self.outputs, embedding_init=_CONV_INIT,
+                             name="embed")(labels)
+            logit = heads.project(logit, embed, jnp.sum(h.astype(jnp.float32), axis=(1, 2)))
+        return heads.discriminator_output(logit, head(self.class_head, "class_out") if self.class_head else None)
 
 
 def wgan_gp_critic(image_size: int = 64, channels: int = 3, *, ndf: int = 64, normalization: str = "layer_norm",
@@ -202,9 +212,9 @@ def build(config, data_shape, num_classes: int, *, axis_name=None, latent_dim: i
     dtype, conv_impl = compute_dtype(config), getattr(config, "conv_impl", "auto")
     return (DCGANGenerator(latent_dim=latent_dim, image_size=size, channels=channels, num_classes=num_classes,
                            ngf=g_width, bn_axis_name=axis_name, dtype=dtype, conv_impl=conv_impl),
-            DCGANDiscriminator(image_size=size, channels=channels, num_classes=num_classes, ndf=d_width,
+            DCGANDiscriminator(image_size=size, channels=channels, ndf=d_width,
                                normalization=config.d_normalization or "batch_norm", bn_axis_name=axis_name,
-                               dtype=dtype, conv_impl=conv_impl))
+                               dtype=dtype, conv_impl=conv_impl, **heads.discriminator_head(config, num_classes)))
 
 
 def _validate_options(config) -> None:

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgan.models import heads
 from jaxgan.models.spec import ModelSpec
 
 
@@ -29,9 +30,15 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    """x [B, D] -> logits [B]; LeakyReLU(0.2) hidden layers, no normalisation (safe with gradient penalties)."""
+    """x [B, D] -> logits [B]; LeakyReLU(0.2) hidden layers, no normalisation (safe with gradient penalties).
+
+    ``num_classes`` > 0 appends one-hot labels to the input; ``outputs`` N > 1 gives logits [B, N];
+    ``class_head`` K > 0 adds ACGAN's class logits: ``(logits, {"class_logits": [B, K]})`` (`jaxgan.models.heads`).
+    """
     hidden: Sequence[int] = (128, 128, 128)
     num_classes: int = 0
+    outputs: int = 1
+    class_head: int = 0
 
     @nn.compact
     def __call__(self, x, labels=None, *, train: bool):
@@ -41,7 +48,8 @@ class MLPDiscriminator(nn.Module):
             h = jnp.concatenate([h, jax.nn.one_hot(labels, self.num_classes)], axis=-1)
         for width in self.hidden:
             h = nn.leaky_relu(nn.Dense(width)(h), 0.2)
-        return nn.Dense(1)(h)[:, 0]
+        class_logits = nn.Dense(self.class_head, name="class_head")(h) if self.class_head else None
+        return heads.discriminator_output(nn.Dense(self.outputs)(h), class_logits)
 
 
 def build(config, data_shape, num_classes: int, *, axis_name=None, latent_dim: int, g_width: int, d_width: int):
@@ -49,7 +57,7 @@ def build(config, data_shape, num_classes: int, *, axis_name=None, latent_dim: i
     del axis_name
     return (MLPGenerator(latent_dim=latent_dim, output_dim=data_shape[-1], hidden=(g_width,) * config.depth,
                          num_classes=num_classes),
-            MLPDiscriminator(hidden=(d_width,) * config.depth, num_classes=num_classes))
+            MLPDiscriminator(hidden=(d_width,) * config.depth, **heads.discriminator_head(config, num_classes)))
 
 
 SPEC = ModelSpec("mlp", build, data="2d", description="MLP G / D for the 2D toy datasets",

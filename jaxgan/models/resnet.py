@@ -46,7 +46,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxgan.config import ConfigError
-from jaxgan.models import layers
+from jaxgan.models import heads, layers
 from jaxgan.models.blocks import (BN_EPSILON, BN_MOMENTUM, ConditionalBatchNorm, SelfAttention, avg_pool2x,
                                   check_labels, conv, sn_apply, upsample_nearest2x)
 from jaxgan.models.spec import ModelSpec, compute_dtype
@@ -234,6 +234,9 @@ class ResNetDiscriminator(nn.Module):
       image_size: 32, 64 or 128; inputs must have this size.
       channels: input channels.
       num_classes: 0 = unconditional; > 0 = projection discriminator with an SN class embedding.
+      outputs: values per example (N > 1: logits [B, N], e.g. `jaxgan.realness`; a projection per output).
+      class_head: K > 0 adds ACGAN's class logits (an SN dense layer on the pooled features, as StudioGAN's
+        ACGAN heads): D returns ``(logits, {"class_logits": [B, K]})`` (`jaxgan.models.heads`).
       ch: base width (see the table in the module docstring).
       attention_resolution: None, or a resolution from ``discriminator_attention_resolutions(image_size)``.
       dtype: compute dtype of the blocks (e.g. ``jnp.bfloat16``); parameters, the final dense layer and the
@@ -249,6 +252,8 @@ class ResNetDiscriminator(nn.Module):
     attention_resolution: int | None = None
     dtype: Any = jnp.float32
     conv_impl: str | None = None
+    outputs: int = 1
+    class_head: int = 0
 
     @nn.compact
     @layers.with_conv_impl
@@ -273,12 +278,16 @@ class ResNetDiscriminator(nn.Module):
                 attended = True
         h = jnp.sum(nn.relu(h).astype(jnp.float32), axis=(1, 2))
         self.sow("intermediates", "features", h)
-        logit = sn_apply(nn.Dense(1, kernel_init=_INIT, name="out"), h, spectral_norm=True, train=train)[:, 0]
+        logit = sn_apply(nn.Dense(self.outputs, kernel_init=_INIT, name="out"), h, spectral_norm=True, train=train)
         if labels is not None:
-            embed = sn_apply(nn.Embed(self.num_classes, h.shape[-1], embedding_init=_INIT, name="embed"),
-                             labels, spectral_norm=True, train=train)
-            logit = logit + jnp.sum(embed * h, axis=-1)
-        return logit.astype(jnp.float32)
+            embed = sn_apply(nn.Embed(self.num_classes, h.shape[-1] * self.outputs, embedding_init=_INIT,
+                                      name="embed"), labels, spectral_norm=True, train=train)
+            logit = heads.project(logit, embed, h)
+        class_logits = None
+        if self.class_head:
+            class_logits = sn_apply(nn.Dense(self.class_head, kernel_init=_INIT, name="class_out"), h,
+                                    spectral_norm=True, train=train)
+        return heads.discriminator_output(logit, class_logits)
 
 
 def attention_resolutions(image_size: int) -> tuple[int, ...]:
@@ -300,8 +309,8 @@ def build(config, data_shape, num_classes: int, *, axis_name=None, latent_dim: i
     return (ResNetGenerator(latent_dim=latent_dim, image_size=size, channels=channels, num_classes=num_classes,
                             ch=g_width, attention_resolution=attention, spectral_norm=self_attention,
                             bn_axis_name=axis_name, dtype=dtype, conv_impl=conv_impl),
-            ResNetDiscriminator(image_size=size, channels=channels, num_classes=num_classes, ch=d_width,
-                                attention_resolution=attention, dtype=dtype, conv_impl=conv_impl))
+            ResNetDiscriminator(image_size=size, channels=channels, ch=d_width, attention_resolution=attention,
+                                dtype=dtype, conv_impl=conv_impl, **heads.discriminator_head(config, num_classes)))
 
 
 def _validate_attention(config) -> None:
