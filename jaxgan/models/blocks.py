@@ -109,11 +109,14 @@ class ConditionalBatchNorm(nn.Module):
     * int labels [B] (any integer dtype): ``gamma = 1 + E_gamma[y]``, ``beta = E_beta[y]`` with per-class
       tables ``gamma_embed``/``beta_embed`` [num_classes, C]; or
     * a float conditioning vector [B, d] (BigGAN's shared class embedding):
-      ``gamma = 1 + c @ W_gamma``, ``beta = c @ W_beta`` (``gamma_dense``/``beta_dense``, no bias).
+      ``gamma = 1 + c @ W_gamma``, ``beta = c @ W_beta`` (``gamma_dense``/``beta_dense``, no bias;
+      spectrally normalised when ``spectral_norm``, as BigGAN's ``ccbn`` with SN linears).
 
-    The tables / maps are initialised at zero, so ``gamma == 1`` and ``beta == 0`` exactly at init for
-    every class (the "+1" that compare_gan's conditional BN got wrong). The per-example gamma and beta
-    are sown to the ``'intermediates'`` collection as ``scale`` and ``offset`` ([B, C] each).
+    The tables / maps are initialised at zero by default (``kernel_init`` of the float maps), so
+    ``gamma == 1`` and ``beta == 0`` exactly at init for every class (the "+1" that compare_gan's
+    conditional BN got wrong); BigGAN (`jaxgan.models.biggan`) initialises the maps orthogonally. The
+    per-example gamma and beta are sown to the ``'intermediates'`` collection as ``scale`` and ``offset``
+    ([B, C] each).
     """
 
     num_classes: int = 0
@@ -121,6 +124,8 @@ class ConditionalBatchNorm(nn.Module):
     epsilon: float = BN_EPSILON
     axis_name: str | None = None
     dtype: Any = jnp.float32  # compute dtype (statistics are reduced in float32)
+    kernel_init: nn.initializers.Initializer = nn.initializers.zeros  # of the float maps W_gamma, W_beta
+    spectral_norm: bool = False  # of the float maps W_gamma, W_beta
 
     @nn.compact
     def __call__(self, x, cond, *, train: bool):
@@ -142,8 +147,10 @@ class ConditionalBatchNorm(nn.Module):
         else:
             if cond.ndim != 2:
                 raise ValueError(f"a float conditioning vector must have shape [B, d], got {cond.shape}")
-            dgamma = nn.Dense(c, use_bias=False, kernel_init=nn.initializers.zeros, name="gamma_dense")(cond)
-            beta = nn.Dense(c, use_bias=False, kernel_init=nn.initializers.zeros, name="beta_dense")(cond)
+            def dense(name):
+                layer = nn.Dense(c, use_bias=False, kernel_init=self.kernel_init, name=name)
+                return sn_apply(layer, cond, spectral_norm=self.spectral_norm, train=train)
+            dgamma, beta = dense("gamma_dense"), dense("beta_dense")
         gamma = 1.0 + dgamma
         self.sow("intermediates", "scale", gamma)
         self.sow("intermediates", "offset", beta)
