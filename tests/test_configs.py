@@ -44,8 +44,8 @@ def test_expected_configs_exist():
     names = {p.name for p in CONFIGS}
     for name in ("quickstart.cfg", "mnist_dcgan.cfg", "mnist_lsgan.cfg", "fashion_mnist_wgan.cfg", "mnist_wgan_gp.cfg",
                  "cifar10_dcgan.cfg", "cifar10_sngan.cfg", "cifar10_sagan_hinge.cfg", "cifar10_cond_biggan.cfg",
-                 "celeba64_dcgan.cfg", "ring8_gan.cfg", "ring8_minimax.cfg", "ring8_lsgan.cfg", "ring8_wgan_clip.cfg",
-                 "ring8_wgan_gp.cfg"):
+                 "celeba64_dcgan.cfg", "ring8_gan.cfg", "ring8_minimax.cfg", "ring8_lsgan.cfg",
+                 "ring8_wgan_gp.cfg", "ring8_pacgan2.cfg", "ring8_realness.cfg"):
         assert name in names, name
 
 
