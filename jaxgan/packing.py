@@ -84,7 +84,7 @@ def validate(config) -> None:
                                             f"runs D on single generated samples, not packed ones"),
     ]
     shards = config.mesh_data or 1
-    checks.append((m < 1 or config.batch_size % (m * shards) == 0,
+    checks.append((m <= 1 or config.batch_size % (m * shards) == 0,  # m = 1: the mesh check names the batch
                    f"--batch_size={config.batch_size} is not a multiple of --packing={m}"
                    + (f" times --mesh_data={shards}" if shards > 1 else "")
                    + f": D packs each device's batch into groups of {m} samples"))

@@ -398,7 +398,8 @@ class _Evaluator:
             finite = np.all(np.isfinite(x.reshape(x.shape[0], -1)), axis=1)
             features, logits = self.classifier.apply(np.clip(x[finite], -1, 1)) if finite.any() else (None, None)
             out["classes_covered"] = 0.0 if logits is None else float(len(np.unique(np.argmax(logits, axis=1))))
-            out["fcd"] = self.frechet_classifier_distance(features)
+            if self.classifier.feature_dim:  # (an extractor of logits only has none)
+                out["fcd"] = self.frechet_classifier_distance(features)
             # Coverage alone rewards noise, which the classifier also spreads over classes; the classifier score
             # (the Inception Score with the digits classifier) needs confident *and* varied predictions. It is
             # launch/evaluate.py's: evaluation.IS_SPLITS splits (NaN with fewer finite samples than splits).
