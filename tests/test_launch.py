@@ -35,12 +35,14 @@ E2E = {
 STEPS = {"non_saturating": 1500, "wgan_gp": 1000}
 # Bounds on the share of 2500 samples within 3 std of a mode (8 modes captured is asserted too). One seed's outcome
 # depends on float rounding, which differs between CPU models, programs and code versions (seed 0 of ring8_gan.cfg
-# as shipped, launch/train.py: 0.97 when this test was written and 0.92 later on the same Intel Xeon, 0.847 on an
-# AMD EPYC; 0.776 in a vmapped sweep), so each bound sits well below the worst of many seeds, run with the e2e flags:
+# before R1 was added to it, launch/train.py: 0.97 when this test was written and 0.92 later on the same Intel Xeon,
+# 0.847 on an AMD EPYC; 0.776 in a vmapped sweep), so each bound sits well below the worst of many seeds, run with
+# the e2e flags:
 #   python launch/sweep.py --flagfile=launch/configs/ring8_gan.cfg --mixture_std=0.05 --g_lr=1e-3 --d_lr=3e-3 \
 #       --steps=1500 --seeds=32 --workdir=W
-#     NS, seeds 0-31: 0.857 / 0.884 / 0.900 (min / mean / max; sd 0.009, mean - 4 sd 0.847), 8 modes in every run
-#     from step 250 on. The NS run uses D 3x faster than G (TTUR): with ring8_gan.cfg's equal rates (3000 steps),
+#     NS, seeds 0-31, since ring8_gan.cfg adds R1 0.1: 0.780 / 0.802 / 0.834 (min / mean / max; sd 0.013, mean -
+#     4 sd 0.751), 8 modes in every run (without R1: 0.857 / 0.884 / 0.900). The NS run uses D 3x faster than G
+#     (TTUR): with the flagfile's equal rates and without R1 (3000 steps),
 #     12 of 32 seeds sit on at most one mode until step 750-1750 and end at 0.43-0.88, the others at 0.92-0.98
 #     (0.430 / 0.909 / 0.980), and with --steps=1500 4 of 8 seeds end on one mode: one seed of it is a coin toss.
 #   python launch/sweep.py --flagfile=launch/configs/ring8_wgan_gp.cfg --mixture_std=0.05 --steps=1000 \
@@ -48,7 +50,7 @@ STEPS = {"non_saturating": 1500, "wgan_gp": 1000}
 #     WGAN-GP, seeds 0-23: 0.824 / 0.844 / 0.858 (sd 0.009, mean - 4 sd 0.807), 8 modes in every run from step 250
 #     on (at the flagfile's 1500 steps, seeds 0-7: 0.861 / 0.886 / 0.904).
 # A broken run lands far below: an untrained generator scores 0.0004-0.11 with 1-3 modes (seeds 0-7).
-MIN_HIGH_QUALITY = {"non_saturating": 0.75, "wgan_gp": 0.72}  # about the worst seed - 0.1
+MIN_HIGH_QUALITY = {"non_saturating": 0.68, "wgan_gp": 0.72}  # about the worst seed - 0.1
 
 
 @pytest.mark.slow

@@ -282,15 +282,17 @@ def separate_run(config: Config, batches):
     step = jax.jit(exp.train_step())
     for batch in batches:
         state, _ = step(state, batch)
-    return jax.device_get(state.d.params)
+    return jax.device_get((state.d.params, state.g.params))
 
 
-def test_sweep_over_lecam_weight_equals_separate_runs():
-    """The study's plan puts lecam_weight in the runs' hparams; the runs, stacked under jax.vmap in one program (as
-    `jaxgan.sweep` runs a group), equal separate runs."""
-    base = dataclasses.replace(SMALL, steps=3, lecam_weight=0.1)
-    (group,) = sweep.plan(base, seeds=[3], sweep=[("lecam_weight", [0.1, 2.0])])
-    assert [run.hparams["lecam_weight"] for run in group.runs] == [0.1, 2.0]
+@pytest.mark.parametrize("name,values", [("lecam_weight", [0.1, 2.0]), ("zcr_d_weight", [0.5, 20.0]),
+                                         ("zcr_g_weight", [0.5, 20.0])])
+def test_sweep_over_a_regularizer_weight_equals_separate_runs(name, values):
+    """The study's plan puts the weight in the runs' hparams; the runs, stacked under jax.vmap in one program (as
+    `jaxgan.sweep` runs a group), equal separate runs (CR/bCR weights are hparams in the same way, on images)."""
+    base = dataclasses.replace(SMALL, steps=3, **{name: values[0]})
+    (group,) = sweep.plan(base, seeds=[3], sweep=[(name, values)])
+    assert [run.hparams[name] for run in group.runs] == values
     exp = experiment.build(group.config)
     data = make_data(base)
     batches = [next(data) for _ in range(base.steps)]
@@ -301,8 +303,9 @@ def test_sweep_over_lecam_weight_equals_separate_runs():
     for batch in batches:
         states, _ = step(states, batch)
     runs = [separate_run(run.config, batches) for run in group.runs]
-    for i, d_params in enumerate(runs):
-        for a, b in zip(jax.tree.leaves(jax.tree.map(lambda x: x[i], states.d.params)), jax.tree.leaves(d_params)):
+    for i, params in enumerate(runs):
+        vmapped = jax.tree.map(lambda x: x[i], (states.d.params, states.g.params))
+        for a, b in zip(jax.tree.leaves(vmapped), jax.tree.leaves(params)):
             np.testing.assert_allclose(a, b, atol=1e-6)
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(runs[0]), jax.tree.leaves(runs[1])))
     assert diff > 1e-5  # the weight matters
