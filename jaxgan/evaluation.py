@@ -347,7 +347,7 @@ def evaluate(experiment, state, *, metrics: str | Sequence[str] = METRICS, num_s
 
     Args:
       experiment: `jaxgan.experiment.Experiment` of the run (``load_run(workdir)[0]``).
-      state: its `GANState`. Samples use the EMA weights when ``config.ema_decay > 0`` (else the raw weights)
+      state: its `GANState`. Samples use the EMA weights when ``config.ema_decay`` or ``config.ema_kimg`` is set (else the raw weights)
         and BatchNorm in inference mode (the stored running statistics).
       metrics: subset of ``("fid", "kid", "is", "pr")``, a sequence or a comma-separated string.
       num_samples: generated samples for the Fréchet distance and the score (>= 2).
@@ -399,11 +399,12 @@ def evaluate(experiment, state, *, metrics: str | Sequence[str] = METRICS, num_s
         reference_metrics.update(registry.METRICS[name].reference_result(real, context))
     if extractor.name == "classifier":
         reference_metrics["classes_covered"] = ref["classes_covered"]
-    use_ema = bool(config.ema_decay)
+    use_ema = bool(config.ema_decay or config.ema_kimg)  # as `jaxgan.experiment.sample_params`
     protocol = {
         "checkpoint_step": step, "dataset": config.dataset, "image_size": config.image_size,
         "channels": config.channels, "model": config.model,
         "weights": "ema" if use_ema else "raw", "ema_decay": config.ema_decay if use_ema else None,
+        **({"ema_kimg": config.ema_kimg} if config.ema_kimg else {}),
         "batch_norm": BN_MODE, "n_fake": num_samples, "n_real": ref["n_real"], "reference_split": reference,
         "reference": ref["description"], "reference_cache": ref["cache"],
         "feature_extractor": extractor.info, "resize": extractor.info["resize"],

@@ -451,7 +451,8 @@ def initial_hparams(config: Config, objective: objectives.Objective) -> dict[str
 
 
 def sample_params(state, config: Config):
-    """The generator weights samples are drawn with: the EMA weights when ``--ema_decay`` is on, else the raw ones."""
+    """The generator weights samples are drawn with: the EMA weights when ``--ema_decay`` or ``--ema_kimg`` is on,
+    else the raw ones."""
     return state.g_ema_params if config.ema_decay or config.ema_kimg else state.g.params
 
 

@@ -320,8 +320,7 @@ def test_ema_flags_validate():
 
 @pytest.mark.slow
 def test_training_steps_move_the_path_length_mean_on_its_lazy_steps_only():
-    """Train steps of a tiny StyleGAN2 with path length, lazy R1 and the EMA half-life, alone and vmapped over
-    path-length weights (two compiles of a minute or more each)."""
+    """Train steps of a tiny StyleGAN2 with path length, lazy R1 and the EMA half-life (a compile of a minute)."""
     config = Config(dataset="digits", model="stylegan2", image_size=32, width=4, latent_dim=4, batch_size=4,
                     mapping_layers=2, penalty="r1", penalty_weight=0.01, penalty_every=16, path_length_weight=2.0,
                     ema_kimg=10.0, ema_rampup=0.05)
@@ -336,15 +335,3 @@ def test_training_steps_move_the_path_length_mean_on_its_lazy_steps_only():
     np.testing.assert_allclose(pl(s1), float(m1["g/path_length_update"]), rtol=1e-6)
     assert float(m2["g/path_length"]) == 0.0 and pl(s2) == pl(s1)  # step 1 is not a path-length step
     jax.tree.map(np.testing.assert_array_equal, s1.g_ema_params, s1.g.params)  # the ramp-up copies at step 0
-    # a sweep of the path-length weight in one vmapped program equals the separate runs
-    weights = jnp.asarray([2.0, 0.5])
-    stacked = jax.vmap(lambda w: exp.init(jax.random.key(0), {**exp.hparams, "path_length_weight": w}))(weights)
-    v1, vm = jax.jit(jax.vmap(exp.train_step()))(stacked, {"x": jnp.stack([x, x])})
-    half, m_half = step(exp.init(jax.random.key(0), {**exp.hparams, "path_length_weight": 0.5}), {"x": x})
-    for i, (single, metrics) in enumerate([(s1, m1), (half, m_half)]):
-        run = jax.tree.map(lambda a: a[i], v1)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6), single.g.params,
-                     run.g.params)
-        np.testing.assert_allclose(pl(single), pl(run), rtol=1e-5)
-        np.testing.assert_allclose(metrics["g/total"], vm["g/total"][i], rtol=1e-5)
-    assert not np.allclose(m1["g/total"], m_half["g/total"])

@@ -130,11 +130,13 @@ def run_app(main: Callable[[list[str]], int | None], doc: str | None) -> None:
 
 
 def run_with_clean_errors(main: Callable[[], int | None], user_errors: tuple[type[BaseException], ...],
-                          exit_codes: dict[type[BaseException], int] | None = None) -> int:
+                          exit_codes: dict[type[BaseException], int] | None = None, *,
+                          exit_on_io_error: bool = True) -> int:
     """Runs ``main``; a user error becomes one line on stderr and an exit code, not a traceback.
 
     A full disk, a read-only file system or a permission error (``OSError``, or an orbax/TensorStore error
-    carrying one) also becomes one line, exit code `EXIT_IO_ERROR` (`jaxgan.workdir.describe_io_error`)."""
+    carrying one) also becomes one line, exit code `EXIT_IO_ERROR` (`jaxgan.workdir.describe_io_error`); with
+    ``exit_on_io_error`` the process ends there (`jaxgan.interrupts.exit_now`), else the code is returned."""
     from jaxgan import workdir as workdir_lib
     workdir_lib.quiet_io_errors()
     exit_codes = exit_codes or {}
@@ -151,6 +153,12 @@ def run_with_clean_errors(main: Callable[[], int | None], user_errors: tuple[typ
         if workdir_lib.describe_io_error(e) is None:
             raise
         workdir_lib.report_io_error(e)
+        if exit_on_io_error:
+            # Out now, without the interpreter's shutdown: it would flush and close what the run left open (a log
+            # file's buffer, a library's event file) onto the full or read-only disk and print each failure as
+            # "Exception ignored in ...". Checkpoints are complete or not listed; there is nothing left to write.
+            from jaxgan import interrupts
+            interrupts.exit_now(EXIT_IO_ERROR)
         return EXIT_IO_ERROR
 
 
