@@ -310,14 +310,21 @@ class BigGANDiscriminator(nn.Module):
         return discriminator_head(self, h, labels, train=train)
 
 
-def build(config, data_shape, num_classes: int, *, axis_name=None, latent_dim: int, g_width: int, d_width: int):
-    """`ModelSpec.build` of ``--model=biggan``: attention at ``--attention_resolution`` (0: the default)."""
+def build_pair(generator_cls, discriminator_cls, config, data_shape, num_classes: int, *, axis_name=None,
+               latent_dim: int, g_width: int, d_width: int):
+    """(G, D) of the BigGAN family (`BigGANGenerator`/`BigGANDiscriminator` or the deep variant's) from a config:
+    attention at ``--attention_resolution`` (0: the default), D's heads from `heads.discriminator_head`."""
     size, channels = data_shape[0], data_shape[-1]
     common = dict(image_size=size, channels=channels, attention_resolution=config.attention_resolution or None,
                   dtype=compute_dtype(config), conv_impl=getattr(config, "conv_impl", "auto"))
-    return (BigGANGenerator(latent_dim=latent_dim, num_classes=num_classes, ch=g_width, bn_axis_name=axis_name,
-                            **common),
-            BigGANDiscriminator(ch=d_width, **common, **heads.discriminator_head(config, num_classes)))
+    return (generator_cls(latent_dim=latent_dim, num_classes=num_classes, ch=g_width, bn_axis_name=axis_name,
+                          **common),
+            discriminator_cls(ch=d_width, **common, **heads.discriminator_head(config, num_classes)))
+
+
+def build(config, data_shape, num_classes: int, **sizes):
+    """`ModelSpec.build` of ``--model=biggan`` (`build_pair`)."""
+    return build_pair(BigGANGenerator, BigGANDiscriminator, config, data_shape, num_classes, **sizes)
 
 
 def validate_options(config, resolutions=attention_resolutions, latent_slots=True, default_latent_dim=120) -> None:

@@ -37,11 +37,11 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxgan.models import biggan, heads, layers
+from jaxgan.models import biggan, layers
 from jaxgan.models.biggan import (G_ARCH, ORTHO, SUPPORTED_IMAGE_SIZES, check_images, check_size, conditional_bn,
                                   discriminator_head, output_layer, resolve_attention, shared_embedding, sn_conv)
 from jaxgan.models.blocks import SelfAttention, avg_pool2x, check_labels, sn_apply, upsample_nearest2x
-from jaxgan.models.spec import ModelSpec, compute_dtype
+from jaxgan.models.spec import ModelSpec
 
 CHANNEL_RATIO = 4
 # size -> (D input multipliers, D output multipliers, downsample flags) per resolution
@@ -189,14 +189,9 @@ class BigGANDeepDiscriminator(nn.Module):
         return discriminator_head(self, h, labels, train=train)
 
 
-def build(config, data_shape, num_classes: int, *, axis_name=None, latent_dim: int, g_width: int, d_width: int):
-    """`ModelSpec.build` of ``--model=biggan_deep``."""
-    size, channels = data_shape[0], data_shape[-1]
-    common = dict(image_size=size, channels=channels, attention_resolution=config.attention_resolution or None,
-                  dtype=compute_dtype(config), conv_impl=getattr(config, "conv_impl", "auto"))
-    return (BigGANDeepGenerator(latent_dim=latent_dim, num_classes=num_classes, ch=g_width, bn_axis_name=axis_name,
-                                **common),
-            BigGANDeepDiscriminator(ch=d_width, **common, **heads.discriminator_head(config, num_classes)))
+def build(config, data_shape, num_classes: int, **sizes):
+    """`ModelSpec.build` of ``--model=biggan_deep`` (`biggan.build_pair`)."""
+    return biggan.build_pair(BigGANDeepGenerator, BigGANDeepDiscriminator, config, data_shape, num_classes, **sizes)
 
 
 SPEC = ModelSpec("biggan_deep", build, data="image",
