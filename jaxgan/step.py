@@ -57,10 +57,12 @@ def _apply(module: nn.Module, params, model_state, inputs, labels, train: bool, 
 
 def _g_rngs(game: "Game", key):
     """The ``"noise"`` rng stream of a generator that declares ``needs_rng`` (StyleGAN2's noise inputs and style
-    mixing), folded from the latents' key, so the keys of every other model are untouched; else None."""
+    mixing), folded from the latents' key, so the keys of every other model are untouched; else None. The same on
+    every device of a data axis, as the latents' key: the generator draws for the global batch and keeps its
+    slice (`jaxgan.models.stylegan2`), so N devices compute one device's step."""
     if not getattr(game.generator, "needs_rng", False):
         return None
-    return {"noise": game.per_device(jax.random.fold_in(key, 0x6E6F))}
+    return {"noise": jax.random.fold_in(key, 0x6E6F)}
 
 
 def split_outputs(out) -> tuple[jax.Array, Any]:
@@ -294,6 +296,11 @@ def g_update(game: Game, state: GANState, real, real_labels, key, latents=None):
 
     (total, (values, g_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g.params)
     grads = _pmean(grads, game.axis_name)
+    if latents is not None:
+        # Reused latents: this forward repeats the D update's (same parameters, same z), whose state updates
+        # (BatchNorm's running statistics, spectral norm's power iteration, StyleGAN2's w_avg) are already in
+        # state.g; keeping them once is the reference loops' single G forward per step.
+        g_state = state.g.model_state
     absorb = getattr(game.generator, "absorb_term_values", None)
     if absorb is not None:  # G's state fed by its terms (StyleGAN2's path-length mean); before the device mean
         g_state = absorb(g_state, values)

@@ -1,6 +1,6 @@
 """BigGAN and BigGAN-deep (jaxgan.models.biggan, biggan_deep): parameter counts against the published ones,
 the hierarchical latent split and the shared-embedding concatenation, orthogonal initialisation, clear errors,
-and a data-parallel step (cross-replica BatchNorm) equal to one device."""
+and a data-parallel step (cross-replica BatchNorm) equal to one device, and an exact resume."""
 import dataclasses
 
 import jax
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxgan import experiment, models, parallel
+from jaxgan.checkpoint import Checkpointer
 from jaxgan.config import Config, ConfigError
 from jaxgan.models import biggan, biggan_deep
 from jaxgan.regularizers.orthogonal import as_rows
@@ -169,22 +170,40 @@ def test_biggan_deep_takes_any_latent_size_and_its_attention_resolutions():
     assert biggan_deep.attention_resolutions(128) == (8, 16, 32, 64)
 
 
-@pytest.mark.slow  # two compilations of a BigGAN train step: ~1 min of CPU
+def _leaves(tree):
+    """Every leaf of ``tree`` as a NumPy array (typed PRNG keys as their key data)."""
+    return [np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+            for x in jax.tree.leaves(tree)]
+
+
+@pytest.mark.slow  # two compilations of a BigGAN train step: ~5 min cold on 2 loaded cores
 @pytest.mark.skipif(jax.device_count() < 2, reason="needs 2 (simulated) devices; see conftest.py")
-def test_data_parallel_steps_equal_one_device_with_cross_replica_batch_norm():
-    """Two steps on 2 devices (4 examples each) give one device's parameters and BatchNorm statistics: the
-    cross-replica BatchNorm of G reduces over the global batch of 8, not over each device's 4. Plain SGD: the
-    biases of convs followed by a BatchNorm have a gradient of 0 up to rounding, which Adam's first step would
-    blow up to +-lr whatever its size (as `tests/test_parallel.py` notes)."""
-    config = _config()
+def test_resume_is_exact_and_data_parallel_steps_equal_one_device_with_cross_replica_batch_norm(tmp_path):
+    """One device, 4 steps (orthogonal regularization, EMA of G), checkpointed after 2, restored into a fresh
+    state and continued: every leaf of the final state is bitwise the straight run's (parameters, EMA, spectral
+    norm vectors, BatchNorm statistics, optimizer states, step, key). The same 4 steps on 2 devices (4 examples
+    each) give one device's parameters and BatchNorm statistics: the cross-replica BatchNorm of G reduces over
+    the global batch of 8, not over each device's 4. Plain SGD: the biases of convs followed by a BatchNorm have
+    a gradient of 0 up to rounding, which Adam's first step would blow up to +-lr whatever its size (as
+    `tests/test_parallel.py` notes)."""
+    config = _config(ema_decay=0.9)
     rng = np.random.default_rng(0)
     batches = [{"x": rng.uniform(-1, 1, (1, 8, 32, 32, 1)).astype(np.float32),
-                "label": rng.integers(0, 10, (1, 8)).astype(np.int32)} for _ in range(2)]
+                "label": rng.integers(0, 10, (1, 8)).astype(np.int32)} for _ in range(4)]
     exp = experiment.build(config, num_classes=10)
     state = initial = jax.jit(exp.init)(jax.random.key(0))
-    step = jax.jit(exp.train_step())
-    for batch in batches:
+    step = jax.jit(exp.train_step()).lower(initial, batches[0]).compile()  # one compilation, or an error
+    for i, batch in enumerate(batches):
+        if i == 2:
+            with Checkpointer(tmp_path / "ckpt", save_every=1, async_save=False) as ckpt:
+                ckpt.save(2, state, {"position": 2})
+                resumed, _ = ckpt.restore(2, jax.eval_shape(exp.init, jax.random.key(9)))
         state, metrics = step(state, batch)
+    for batch in batches[2:]:
+        resumed, _ = step(resumed, batch)
+    for a, b in zip(_leaves(state), _leaves(resumed), strict=True):
+        np.testing.assert_array_equal(b, a)
+    assert not np.array_equal(_leaves(state.g_ema_params)[0], _leaves(state.g.params)[0])  # the EMA lags G
     mesh = parallel.make_mesh(2, 1)
     dp_exp = experiment.build(config, num_classes=10, axis_name=parallel.DATA_AXIS)
     dp_state = jax.device_put(initial, parallel.replicated(mesh))  # the same initial state, one compilation less
@@ -192,7 +211,7 @@ def test_data_parallel_steps_equal_one_device_with_cross_replica_batch_norm():
     for batch in batches:
         dp_state, dp_metrics = dp_step(dp_state, parallel.shard_batch(batch, mesh))
     for ref, got in ((state.g.params, dp_state.g.params), (state.d.params, dp_state.d.params),
-                     (state.g.model_state, dp_state.g.model_state)):
+                     (state.g.model_state, dp_state.g.model_state), (state.g_ema_params, dp_state.g_ema_params)):
         for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(float(dp_metrics["g/total"]), float(metrics["g/total"]), rtol=1e-4)

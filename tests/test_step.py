@@ -1,5 +1,6 @@
 """The train step: purity, determinism, vmap equivalence, n_critic, EMA, clipping, composition, errors."""
 import dataclasses
+import types
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import optax
 import pytest
 
 from jaxgan import experiment, objectives
+from jaxgan import step as step_lib
 from jaxgan.experiment import Config
 from jaxgan.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from jaxgan.state import get_learning_rate, init_gan_state
@@ -250,3 +252,26 @@ def test_simultaneous_updates_take_g_gradient_at_d_before_its_update_and_reuse_i
     assert abs(float(fresh_m["g/loss"]) + float(fresh_m["d/fake_output"])) > 1e-4
     with pytest.raises(experiment.ConfigError, match="--update_order='sim' is not one of"):
         experiment.validate(dataclasses.replace(SMALL, update_order="sim"))
+
+
+def test_reused_latents_update_g_batch_norm_statistics_once_per_step():
+    """--g_latents=reuse: the G update's forward repeats the D update's (same parameters, same z), so G's
+    BatchNorm running statistics take one update from that batch (the reference loops' single G forward), as
+    G.apply on the D update's z gives; fresh latents update them twice (two batches)."""
+    config = Config(dataset="ring8", model="pacgan_mlp", batch_size=16, update_order="simultaneous",
+                    g_latents="reuse")
+    exp = experiment.build(config)
+    state = exp.init(jax.random.key(0))
+    batch = ring_batch(jax.random.key(1), batch=16)
+    after, _ = jax.jit(exp.train_step())(state, batch)
+    _, d_key, _ = jax.random.split(state.key, 3)  # the step's key schedule (jaxgan.step.make_train_step)
+    k_z = jax.random.split(jax.random.split(d_key, 1)[0], 3)[0]
+    game = types.SimpleNamespace(generator=exp.generator, axis_name=None, num_classes=0)
+    z, _ = step_lib.sample_latents(game, k_z, 16)
+    _, expected = exp.generator.apply({"params": state.g.params, **state.g.model_state}, z, train=True,
+                                      mutable=["batch_stats"])
+    assert leaves(after.g.model_state) and len(leaves(after.g.model_state)) == len(leaves(expected))
+    for a, b in zip(leaves(after.g.model_state), leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    fresh, _ = jax.jit(experiment.build(dataclasses.replace(config, g_latents="fresh")).train_step())(state, batch)
+    assert max(np.abs(a - b).max() for a, b in zip(leaves(fresh.g.model_state), leaves(expected))) > 1e-4

@@ -1,5 +1,5 @@
 """StyleGAN2 (jaxgan.models.stylegan2, stylegan2_ops, regularizers.path_length) against float64 NumPy references,
-finite differences, defining properties and the published parameter counts."""
+finite differences, defining properties and the published parameter counts; exact resume and data parallelism."""
 import dataclasses
 
 import jax
@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgan import experiment
+from jaxgan import experiment, parallel
+from jaxgan.checkpoint import Checkpointer
 from jaxgan.config import Config, ConfigError
 from jaxgan.models import stylegan2 as sg
 from jaxgan.models import stylegan2_ops as ops
@@ -135,6 +136,18 @@ def test_demodulation_gives_unit_output_variance_for_unit_input():
 def test_minibatch_stddev_equals_the_definition(batch, group):
     x = RNG.standard_normal((batch, 4, 4, 5))
     _close(ops.minibatch_stddev(jnp.asarray(x, jnp.float32), group), np_minibatch_stddev(x, group))
+
+
+def test_the_discriminator_groups_consecutive_examples_so_real_and_fake_never_share_a_group():
+    """D's minibatch stddev (`sg.minibatch_stddev_consecutive`, its only op across examples) groups examples
+    4k..4k+3: on the train step's concat([real, fake]) it equals the definition on each half alone, as the
+    reference's separate D calls (with its strided groups b % (B // 4) a group held 2 real and 2 fake
+    examples), and 2 devices holding 4 examples each form one device's groups."""
+    x = RNG.standard_normal((8, 4, 4, 5))
+    expected = np.concatenate([np_minibatch_stddev(x[:4], 4), np_minibatch_stddev(x[4:], 4)])
+    _close(sg.minibatch_stddev_consecutive(jnp.asarray(x, jnp.float32), 4), expected)
+    _close(sg.minibatch_stddev_consecutive(jnp.asarray(x[:6], jnp.float32), 2),
+           np.concatenate([np_minibatch_stddev(x[i:i + 2], 2) for i in (0, 2, 4)]))
 
 
 def test_minibatch_stddev_refuses_a_batch_not_divisible_by_the_group():
@@ -318,20 +331,86 @@ def test_ema_flags_validate():
     assert (hparams["ema_kimg"], hparams["ema_rampup"], hparams["ema_batch"]) == (10.0, 0.05, 8.0)
 
 
-@pytest.mark.slow
-def test_training_steps_move_the_path_length_mean_on_its_lazy_steps_only():
-    """Train steps of a tiny StyleGAN2 with path length, lazy R1 and the EMA half-life (a compile of a minute)."""
-    config = Config(dataset="digits", model="stylegan2", image_size=32, width=4, latent_dim=4, batch_size=4,
-                    mapping_layers=2, penalty="r1", penalty_weight=0.01, penalty_every=16, path_length_weight=2.0,
-                    ema_kimg=10.0, ema_rampup=0.05)
-    exp = experiment.build(config, num_classes=0)
-    state = exp.init(jax.random.key(0))
-    x = jax.random.uniform(jax.random.key(1), (1, 4, 32, 32, 1), minval=-1, maxval=1)
-    step = jax.jit(exp.train_step())
-    s1, m1 = step(state, {"x": x})
-    s2, m2 = step(s1, {"x": x})
+# ----------------------------------------------------------------------------- training and resume
+
+def _leaves(tree):
+    """Every leaf of ``tree`` as a NumPy array (typed PRNG keys as their key data)."""
+    return [np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+            for x in jax.tree.leaves(tree)]
+
+
+TINY = Config(dataset="digits", model="stylegan2", image_size=32, width=4, latent_dim=4, batch_size=4,
+              mapping_layers=2, penalty="r1", penalty_weight=0.01, penalty_every=4, path_length_weight=2.0,
+              ema_kimg=10.0, ema_rampup=0.05)
+
+
+@pytest.mark.slow  # compiles init and one train step: ~2 min cold on 2 loaded cores
+def test_resume_mid_interval_of_the_lazy_terms_and_in_the_ema_ramp_up_is_exact(tmp_path):
+    """6 steps of a tiny StyleGAN2 (path length and lazy R1 both every 4, EMA half-life with ramp-up) straight,
+    against the same run checkpointed after 3 steps (both lazy intervals half-way: their next steps are 4),
+    restored into a fresh state and continued: every leaf of the final state is bitwise equal (parameters, EMA,
+    w_avg, pl_mean, optimizer states, step, key). The straight run also shows the lazy terms on steps 0 and 4
+    only, pl_mean moving by the path-length update on those steps, and the ramp-up's first EMA copy."""
+    exp = experiment.build(TINY, num_classes=0)
+    xs = jax.random.uniform(jax.random.key(1), (6, 1, 4, 32, 32, 1), minval=-1, maxval=1)
+    state = jax.jit(exp.init)(jax.random.key(0))
+    # compiled once, ahead of time: a restored state with other types or placements would raise, not recompile
+    step = jax.jit(exp.train_step()).lower(state, {"x": xs[0]}).compile()
     pl = lambda s: float(s.g.model_state["stylegan2"]["pl_mean"])  # noqa: E731
-    assert float(m1["finite"]) == 1.0 and float(m1["g/path_length_update"]) > 0
-    np.testing.assert_allclose(pl(s1), float(m1["g/path_length_update"]), rtol=1e-6)
-    assert float(m2["g/path_length"]) == 0.0 and pl(s2) == pl(s1)  # step 1 is not a path-length step
-    jax.tree.map(np.testing.assert_array_equal, s1.g_ema_params, s1.g.params)  # the ramp-up copies at step 0
+    lazy, pl_means = [], [pl(state)]
+    for i, x in enumerate(xs):
+        if i == 3:
+            with Checkpointer(tmp_path / "ckpt", save_every=1, async_save=False) as ckpt:
+                ckpt.save(3, state, {"position": 3})
+                resumed, _ = ckpt.restore(3, jax.eval_shape(exp.init, jax.random.key(9)))
+        state, metrics = step(state, {"x": x})
+        assert float(metrics["finite"]) == 1.0
+        lazy.append((float(metrics["g/path_length_update"]) != 0, float(metrics["d/r1"]) != 0))
+        pl_means.append(pl(state))
+        np.testing.assert_allclose(pl_means[-1] - pl_means[-2], float(metrics["g/path_length_update"]), rtol=1e-5)
+        if i == 0:  # the ramp-up's half-life is 0 at step 0: the EMA copies G
+            jax.tree.map(np.testing.assert_array_equal, state.g_ema_params, state.g.params)
+    assert lazy == [(True, True), (False, False), (False, False), (False, False), (True, True), (False, False)]
+    assert pl_means[1] > 0 and pl_means[6] != pl_means[3]  # pl_mean moves after the resume point
+    assert 6 * 4 * TINY.ema_rampup < 1000 * TINY.ema_kimg  # still in the ramp-up: the EMA decay changes each step
+    for x in xs[3:]:
+        resumed, _ = step(resumed, {"x": x})
+    for a, b in zip(_leaves(state), _leaves(resumed), strict=True):
+        np.testing.assert_array_equal(b, a)
+    assert set(state.g.model_state["stylegan2"]) == {"w_avg", "pl_mean"}
+
+
+@pytest.mark.slow  # two compilations of a StyleGAN2 train step: ~4-5 min cold on 2 loaded cores
+@pytest.mark.skipif(jax.device_count() < 2, reason="needs 2 (simulated) devices; see conftest.py")
+def test_data_parallel_steps_equal_one_device():
+    """Two steps on 2 devices (4 examples each) against one device with the global batch of 8: style mixing
+    (probability 1: one cutoff per global batch), noise inputs (drawn for the global batch), lazy R1, the
+    minibatch-stddev groups of 4 consecutive examples (never across devices) and w_avg's update (a mean over
+    the global batch). Not path length: each device takes the first half of its own examples and its own
+    y ~ N(0, I), as the reference's GPUs do, so its penalty and pl_mean update are not one device's. Plain SGD
+    (Adam's first step would turn rounding-sized gradients into +-lr)."""
+    config = dataclasses.replace(TINY, batch_size=8, penalty_every=2, path_length_weight=0.0, style_mixing=1.0,
+                                 optimizer="sgd", g_lr=0.01, d_lr=0.01)
+    rng = np.random.default_rng(0)
+    batches = [{"x": rng.uniform(-1, 1, (1, 8, 32, 32, 1)).astype(np.float32)} for _ in range(2)]
+    exp = experiment.build(config, num_classes=0)
+    state = initial = jax.jit(exp.init)(jax.random.key(0))
+    step = jax.jit(exp.train_step())
+    metrics = []
+    for batch in batches:
+        state, m = step(state, batch)
+        metrics.append(m)
+    mesh = parallel.make_mesh(2, 1)
+    dp_exp = experiment.build(config, num_classes=0, axis_name=parallel.DATA_AXIS)
+    dp_state = jax.device_put(initial, parallel.replicated(mesh))
+    dp_step = parallel.data_parallel_step(dp_exp.train_step(parallel.DATA_AXIS), mesh)
+    for batch, m in zip(batches, metrics):
+        dp_state, dp_m = dp_step(dp_state, parallel.shard_batch(batch, mesh))
+        for name in ("d/r1", "g/total", "d/total"):
+            np.testing.assert_allclose(float(dp_m[name]), float(m[name]), rtol=1e-4, err_msg=name)
+    assert float(metrics[0]["d/r1"]) > 0 and float(metrics[1]["d/r1"]) == 0  # lazy: step 0 only
+    for ref, got in ((state.g.params, dp_state.g.params), (state.d.params, dp_state.d.params),
+                     (state.g.model_state, dp_state.g.model_state)):
+        for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ref)[0], jax.tree.leaves(got)):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-4, atol=2e-5,
+                                       err_msg=jax.tree_util.keystr(path))

@@ -14,14 +14,16 @@ Generator ``G(z, labels=None, *, train) -> (x [B, S, S, C], aux)``:
 - randomness: with a ``"noise"`` rng (the train step passes one to generators with ``needs_rng``) the per-layer
   noise is fresh N(0, 1) and, in training, style mixing swaps the ws from a random cutoff on (probability
   ``style_mixing``) for those of a second z; without one the noise is a fixed per-layer pattern (the
-  reference's ``noise_mode='const'``) and there is no mixing: sampling and evaluation are deterministic;
+  reference's ``noise_mode='const'``) and there is no mixing: sampling and evaluation are deterministic; under a
+  data axis (``axis_name``) the noise and the second z are drawn for the global batch and sliced, and the
+  cutoff is one per global batch, so N devices train as one;
 - ``z`` of shape [B, num_ws, w_dim] is taken as ws (synthesis only): what path-length regularization
   differentiates (`jaxgan.regularizers.path_length`);
 - ``aux = {"ws": ws, "pl_mean": the path-length running mean}``.
 
 Discriminator ``D(x, labels=None, *, train) -> logits [B]``: fromRGB, residual blocks down to 4x4 (FIR [1,3,3,1]
 before each stride-2 conv and on the skip path, both branches scaled by sqrt(1/2)), minibatch stddev (groups of
-``mbstd_group``, one feature), conv, dense, output.
+``mbstd_group`` consecutive examples, one feature; `minibatch_stddev_consecutive`), conv, dense, output.
 """
 from __future__ import annotations
 
@@ -173,7 +175,8 @@ class StyleGAN2Generator(nn.Module):
     style_mixing: float = 0.9
     truncation_psi: float = 1.0
     truncation_cutoff: int | None = None
-    needs_rng = True  # the train step passes a "noise" rng (`jaxgan.step`)
+    axis_name: str | None = None  # data axis: noise and style mixing drawn for the global batch (`_normal`)
+    needs_rng = True  # the train step passes a "noise" rng (`jaxgan.step`), the same on every device
 
     @property
     def num_ws(self) -> int:
@@ -195,7 +198,7 @@ class StyleGAN2Generator(nn.Module):
             mixing = train and self.style_mixing > 0 and self.has_rng("noise")
             if mixing:  # the second z through the same call (one mapping network in the program)
                 k_z, k_mix = jax.random.split(self.make_rng("noise"))
-                w, w2 = jnp.split(mapping(jnp.concatenate([z, jax.random.normal(k_z, z.shape, jnp.float32)])), 2)
+                w, w2 = jnp.split(mapping(jnp.concatenate([z, self._normal(k_z, z.shape)])), 2)
             else:
                 w = mapping(z)
             if train and self.is_mutable_collection(STATE) and not self.is_initializing():
@@ -209,9 +212,19 @@ class StyleGAN2Generator(nn.Module):
         noise = None
         if self.has_rng("noise"):
             size = sum(synthesis.noise_sizes())
-            noise = jax.random.normal(self.make_rng("noise"), (ws.shape[0], size), jnp.float32)
+            noise = self._normal(self.make_rng("noise"), (ws.shape[0], size))
         x = synthesis(ws, noise)
         return x, {"ws": ws, "pl_mean": pl_mean.value}
+
+    def _normal(self, key, shape):
+        """N(0, 1) float32 of ``shape`` [B, ...] for this device's B examples: under ``axis_name`` (every device
+        holding the same key) the draw for the global batch, sliced at this device, as
+        `jaxgan.step.sample_latents` does for z: N devices draw one device's numbers."""
+        if self.axis_name is None:
+            return jax.random.normal(key, shape, jnp.float32)
+        n = jax.lax.axis_size(self.axis_name)
+        full = jax.random.normal(key, (n * shape[0], *shape[1:]), jnp.float32)
+        return jax.lax.dynamic_slice_in_dim(full, jax.lax.axis_index(self.axis_name) * shape[0], shape[0])
 
     def _mix(self, key, ws, w2):
         """With probability ``style_mixing`` the layers from a cutoff uniform in [1, num_ws) on take ``w2`` [B,
@@ -230,6 +243,21 @@ class StyleGAN2Generator(nn.Module):
         stats = dict(model_state[STATE])
         stats["pl_mean"] = stats["pl_mean"] + jax.lax.stop_gradient(values["path_length_update"])
         return {**model_state, STATE: stats}
+
+
+def minibatch_stddev_consecutive(x: jax.Array, group_size: int) -> jax.Array:
+    """`ops.minibatch_stddev` with groups of consecutive examples: example b in group ``b // G`` (the reference
+    groups ``b % (B // G)``; the same in distribution for a shuffled batch). Why: the train step runs D once on
+    ``concat([real, fake])``; consecutive groups never mix real and fake examples when G divides each half,
+    and the devices of a data axis, each holding consecutive examples, form one device's groups when G divides
+    the per-device batch. x [B, H, W, C] -> [B, H, W, C + 1]."""
+    b = x.shape[0]
+    g = min(group_size, b)
+    if b % g:
+        return ops.minibatch_stddev(x, group_size)  # its error
+    to_strided = lambda a: a.reshape(b // g, g, *a.shape[1:]).swapaxes(0, 1).reshape(a.shape)  # noqa: E731
+    y = ops.minibatch_stddev(to_strided(x), group_size)
+    return y.reshape(g, b // g, *y.shape[1:]).swapaxes(0, 1).reshape(y.shape)
 
 
 class DBlock(nn.Module):
@@ -265,7 +293,7 @@ class StyleGAN2Discriminator(nn.Module):
         while r > 4:
             x = DBlock(ch(r), ch(r // 2), name=f"b{r}")(x)
             r //= 2
-        x = ops.minibatch_stddev(x, self.mbstd_group)
+        x = minibatch_stddev_consecutive(x, self.mbstd_group)
         x = ops.EqualConv(ch(4), 3, name="b4_conv")(x)
         x = ops.EqualDense(ch(4), activation="lrelu", name="b4_fc")(x.reshape(x.shape[0], -1))
         return heads.discriminator_output(ops.EqualDense(self.outputs, name="b4_out")(x))
@@ -273,10 +301,11 @@ class StyleGAN2Discriminator(nn.Module):
 
 def build(config, data_shape, num_classes: int, *, axis_name=None, latent_dim: int, g_width: int, d_width: int):
     """`ModelSpec.build` of ``--model=stylegan2``: widths are the channel caps of G and D."""
-    del axis_name, num_classes  # no BatchNorm; unconditional
+    del num_classes  # unconditional
     size, channels_ = data_shape[0], data_shape[-1]
     g = StyleGAN2Generator(size, channels_, latent_dim, g_width, getattr(config, "mapping_layers", 8),
-                           getattr(config, "style_mixing", 0.9), getattr(config, "truncation_psi", 1.0))
+                           getattr(config, "style_mixing", 0.9), getattr(config, "truncation_psi", 1.0),
+                           axis_name=axis_name)
     d = StyleGAN2Discriminator(size, d_width, outputs=heads.discriminator_head(config, 0)["outputs"],
                                mbstd_group=min(4, config.batch_size))
     return g, d
