@@ -293,6 +293,27 @@ def _apply(kind, impl, x, w, s, pads, precision):
   return _mixed(kind, fwd, dgrad, wgrad, x, w, s, pads, precision)
 
 
+def conv(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1), padding: Pads = ((0, 0), (0, 0)),
+         implementation: str | None = None) -> jax.Array:
+  """The function form of `Conv`: x [N, H, W, C] correlated with w [kh, kw, C, O] (HWIO), explicit
+  ``padding`` ((lo, hi), (lo, hi)) and ``strides``, no bias, in ``implementation`` (None: the default of
+  `default_implementation`). For networks whose weights are transformed before the conv (equalized learning
+  rate, weight modulation)."""
+  impl = implementation or default_implementation()
+  _check_choice(impl, "implementation")
+  return _apply("conv", impl, x, w, tuple(strides), tuple(tuple(p) for p in padding), None)
+
+
+def conv_transpose(x: jax.Array, w: jax.Array, strides: Sequence[int], padding: Pads,
+                   implementation: str | None = None) -> jax.Array:
+  """The function form of `ConvTranspose`: ``lax.conv_transpose(x, w, strides, padding)`` (no kernel flip: the
+  correlation of w over x dilated by ``strides``, explicit ((lo, hi), (lo, hi)) padding), in ``implementation``
+  (None: `default_implementation`)."""
+  impl = implementation or default_implementation()
+  _check_choice(impl, "implementation")
+  return _apply("convt", impl, x, w, tuple(strides), tuple(tuple(p) for p in padding), None)
+
+
 # --------------------------------------------------------------------------------------------------------
 # The default implementation (layers whose ``implementation`` is None, the default)
 # --------------------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgan.models import layers
+
 LRELU_GAIN = math.sqrt(2.0)
 FIR = (1, 3, 3, 1)
 
@@ -92,22 +94,20 @@ def conv2d(x, w, *, up: int = 1, down: int = 1, f=None):
     """Correlation of x [B, H, W, I] with w [k, k, I, O] at 'same' size, resampled by ``up`` or ``down`` = 2 with
     the FIR filter (StyleGAN2's conv2d_resample): up: strided transposed conv then the filter (gain 4); down:
     the filter then a stride-2 conv; a 1x1 ``down`` filters and subsamples first."""
-    dn = ("NHWC", "HWIO", "NHWC")
     k = w.shape[0]
     f = setup_filter() if f is None else f
     if up > 1:
-        x = jax.lax.conv_general_dilated(x, w, (1, 1), [(k - 1, k - 1)] * 2, lhs_dilation=(2, 2),
-                                         dimension_numbers=dn)  # [B, 2H + k - 2, ...]
+        x = layers.conv_transpose(x, w, (2, 2), ((k - 1, k - 1),) * 2)  # [B, 2H + k - 2, ...]
         p = (f.shape[0] - k + 1) // 2  # [1,3,3,1] and k=3: 1 on each side -> 2H
         pad = (p + (1 if k % 2 == 0 else 0), p) * 2
         return upfirdn2d(x, f, padding=pad, gain=4.0)
     if down > 1:
         if k == 1:
-            return jax.lax.conv_general_dilated(downsample2d(x, f), w, (1, 1), "VALID", dimension_numbers=dn)
+            return layers.conv(downsample2d(x, f), w)
         p = (f.shape[0] - 2) // 2 + k // 2  # [1,3,3,1] and k=3: 2 on each side
         x = upfirdn2d(x, f, padding=(p, p, p, p))
-        return jax.lax.conv_general_dilated(x, w, (2, 2), "VALID", dimension_numbers=dn)
-    return jax.lax.conv_general_dilated(x, w, (1, 1), [(k // 2, k // 2)] * 2, dimension_numbers=dn)
+        return layers.conv(x, w, (2, 2))
+    return layers.conv(x, w, (1, 1), ((k // 2, k // 2),) * 2)
 
 
 def modulated_conv2d(x, weight, styles, *, demodulate: bool = True, up: int = 1, f=None):
