@@ -6,15 +6,30 @@
     python benchmarks/step_throughput.py --model=sngan --image_size=32 --channels=3
     python benchmarks/step_throughput.py --model=dcgan --compute_dtype=bfloat16
     python benchmarks/step_throughput.py --model=sngan --image_size=128 --batch_size=64 --compare_torch --peak  # GPU
+    python benchmarks/step_throughput.py --flagfile=launch/configs/stylegan2_digits32.cfg
+    python benchmarks/step_throughput.py --flagfile=digits32_biggan.cfg --model=biggan_deep
+    python benchmarks/step_throughput.py --model=stylegan2 --image_size=32 --width=32 --set mapping_layers=2 \
+        --set penalty=r1 --set penalty_weight=0.005 --set penalty_every=16
+    python benchmarks/step_throughput.py --model=biggan --conditional --image_size=32 --num_classes=10
+
+The settings: ``--flagfile`` (a path or a shipped config's name) gives a launcher flagfile's model, objective
+and optimization flags and its image size and channels; its data, loop, evaluation and mesh flags (--dataset,
+--steps, --log_every, ...) are ignored, since the benchmark times the step on random data of that shape (a 2D
+flagfile's mixture is kept). The options --model ... --seed override it, and ``--set KEY=VALUE`` (repeatable)
+overrides any `Config` field last. Without a flagfile the defaults are --model=dcgan at 64x64x3.
+``--conditional`` draws random integer labels in [0, --num_classes) (10; the dataset's count in training, e.g.
+1000 for ImageNet). The JSON line records the flagfile and every Config field that differs from its default.
 
 What is timed: the real train step (`jaxgan.experiment.Experiment.train_step`, the one ``launch/train.py`` runs:
 n_critic D updates then one G update, Adam, the --loss objective, metrics), jitted with the state donated, on random
 data already on the device (no input pipeline, no logging). The program is compiled ahead of time
 (``jit(...).lower(...).compile()``: that is ``compile_sec``), warmed up, then ``--blocks`` blocks of
 ``--block_steps`` steps are timed with ``block_until_ready`` and the median block gives steps/s. FLOPs per step
-are those of the network's convolutions and matmuls in one step, counted on the jaxpr (`network_flops`); XLA's
-own ``cost_analysis()`` of the compiled program is reported beside it (``xla_flops_per_step``; on GPU it does
-not count cuDNN convolutions).
+are those of the network's convolutions and matmuls in one step, counted on the jaxpr (`network_flops`), with
+lazy regularizers (StyleGAN2's R1 every --penalty_every D updates, path length every 4 G updates) amortized
+over their period (``flops_per_step``; ``flops_per_step_all_lazy``: a step on which they all run); XLA's
+own ``cost_analysis()`` of the compiled program is reported beside it (``xla_flops_per_step``; it does not
+count custom calls: cuDNN convolutions on GPU, oneDNN's on CPU).
 
 ``--steps_per_call=K`` runs K steps per jitted call (`jaxgan.step.make_multi_step`, ``lax.scan``; ``--unroll``
 inlines them). A comma-separated list measures several values, interleaved.
@@ -40,6 +55,7 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -52,26 +68,48 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from jax.extend.core import Literal  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxgan import experiment as experiment_lib  # noqa: E402
+from jaxgan.data import toy  # noqa: E402
 from jaxgan.experiment import Config  # noqa: E402
 from jaxgan.models import layers  # noqa: E402
 from jaxgan.step import make_multi_step  # noqa: E402
 
 
+BENCH_DEFAULTS = {"model": "dcgan", "image_size": 64, "channels": 3}  # where they differ from Config's
+# Config fields that become benchmark options of the same name (default None: flagfile, then BENCH_DEFAULTS/Config)
+CONFIG_OPTIONS = ("model", "image_size", "channels", "batch_size", "width", "loss", "penalty", "d_normalization",
+                  "n_critic", "compute_dtype", "seed")
+# Flagfile sections the benchmark replaces (random data, its own loop) and the data fields it keeps
+IGNORED_SECTIONS = ("data", "loop", "evaluation", "mesh")
+KEPT_DATA_FIELDS = ("image_size", "channels")
+
+
 def parse_args(argv=None):
+    """The benchmark's options; ``args.config_fields`` holds the Config fields they resolve to (BENCH_DEFAULTS,
+    then ``--flagfile``, then the dedicated options, then ``--set``), and each dedicated option its final value.
+    Bad ``--flagfile``/``--set`` values: one ``error:`` line, exit 2."""
+    from jaxgan import models
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="dcgan", choices=["mlp", "dcgan", "sngan", "sagan"])
-    p.add_argument("--image_size", type=int, default=64)
-    p.add_argument("--channels", type=int, default=3)
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--width", type=int, default=0, help="0: the model's default")
-    p.add_argument("--loss", default="non_saturating")
-    p.add_argument("--penalty", default="none")
-    p.add_argument("--d_normalization", default="")
-    p.add_argument("--n_critic", type=int, default=1)
-    p.add_argument("--compute_dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--model", default=None, choices=list(models.MODELS), help="default: dcgan")
+    p.add_argument("--image_size", type=int, default=None, help="default: 64")
+    p.add_argument("--channels", type=int, default=None, help="default: 3")
+    p.add_argument("--batch_size", type=int, default=None, help="default: 64")
+    p.add_argument("--width", type=int, default=None, help="0: the model's default")
+    p.add_argument("--loss", default=None, help="default: non_saturating")
+    p.add_argument("--penalty", default=None, help="default: none")
+    p.add_argument("--d_normalization", default=None)
+    p.add_argument("--n_critic", type=int, default=None, help="default: 1")
+    p.add_argument("--compute_dtype", default=None, choices=["float32", "bfloat16"])
+    p.add_argument("--conditional", action="store_true", help="class-conditional G and D (random labels)")
+    p.add_argument("--num_classes", type=int, default=10, help="classes of --conditional's random labels")
+    p.add_argument("--flagfile", default="", help="a jaxgan flagfile (path or shipped config name): its model, "
+                   "objective and optimization flags, image_size and channels; data, loop, evaluation and mesh "
+                   "flags are ignored (random data, the benchmark's loop)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any Config field (repeatable; last wins, over --flagfile and the options above)")
     p.add_argument("--steps_per_call", default="1", help="K or a comma-separated list of K")
     p.add_argument("--unroll", action="store_true", help="inline the K steps instead of lax.scan")
     p.add_argument("--conv_impl", default="auto", help="jaxgan.models.layers implementation override")
@@ -86,23 +124,91 @@ def parse_args(argv=None):
     p.add_argument("--peak", action="store_true",
                    help="also measure a large matmul's TFLOP/s in --compute_dtype and report the fraction of it "
                         "(and of the datasheet peak, for known GPUs) that the step reaches")
-    p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    p.add_argument("--seed", type=int, default=None, help="default: 0")
+    args = p.parse_args(argv)
+    try:
+        args.config_fields, args.flagfile_ignored = resolve_config_fields(args)
+    except (ValueError, OSError) as e:  # OSError: an unreadable --flagfile
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    config = make_config(args)
+    for name in CONFIG_OPTIONS:  # the final values, as the rest of the script (torch twins, JSON) reads them
+        setattr(args, name, None if config.is_toy and name in KEPT_DATA_FIELDS else getattr(config, name))
+    args.conditional = config.conditional
+    return args
+
+
+def parse_field(name: str, text: str):
+    """``text`` as the value of Config field ``name`` (bool: true/false/1/0); ValueError naming what is wrong."""
+    from jaxgan.config import field_type
+    if name not in Config.__dataclass_fields__:
+        raise ValueError(f"--set {name}={text}: {name!r} is not a Config field (the flags of launch/train.py)")
+    kind = field_type(name)
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"--set {name}={text}: accepted: true, false, 1, 0")
+        return text.lower() in ("true", "1")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"--set {name}={text}: accepted: {'an integer' if kind is int else 'a number'}") from None
+
+
+def read_benchmark_flagfile(path: str) -> tuple[dict, list[str]]:
+    """(the Config fields of flagfile ``path`` that the benchmark keeps, the names it ignores)."""
+    from jaxgan.cli import common
+    from jaxgan.config import section_fields
+    found = path if os.path.isfile(path) else common.find_shipped_config(path)
+    if found is None:
+        raise ValueError(f"--flagfile={path}: no such file, nor a shipped config (launch/configs/)")
+    fields = common.read_flagfile(found, Config)
+    ignored = {n for s in IGNORED_SECTIONS for n in section_fields(s)} - set(KEPT_DATA_FIELDS)
+    if fields.get("dataset", "") in toy.TOY_DATASETS:  # 2D data is generated: keep the mixture as configured
+        ignored -= {"dataset", "mixture_modes", "mixture_radius", "mixture_std", "mixture_spacing"}
+    return {k: v for k, v in fields.items() if k not in ignored}, sorted(set(fields) & ignored)
+
+
+def resolve_config_fields(args) -> tuple[dict, list[str]]:
+    """The Config fields the options set (see `parse_args`), without ``dataset`` unless a 2D flagfile named it;
+    and the flagfile's ignored field names."""
+    from jaxgan import models
+    fields, ignored = read_benchmark_flagfile(args.flagfile) if args.flagfile else ({}, [])
+    fields.update({k: getattr(args, k) for k in CONFIG_OPTIONS if getattr(args, k) is not None})
+    if args.conditional:
+        fields["conditional"] = True
+    for item in args.set:
+        name, eq, text = item.partition("=")
+        if not eq:
+            raise ValueError(f"--set {item}: expected KEY=VALUE")
+        fields[name.strip()] = parse_field(name.strip(), text.strip())
+    if not args.flagfile:  # a flagfile's omissions are Config's defaults
+        fields.setdefault("model", BENCH_DEFAULTS["model"])
+        if models.MODELS[fields["model"]].data == "image":
+            fields = {k: v for k, v in BENCH_DEFAULTS.items() if k in KEPT_DATA_FIELDS} | fields
+    return fields, ignored
 
 
 def make_config(args) -> Config:
-    toy = args.model == "mlp"
-    images = {} if toy else {"image_size": args.image_size, "channels": args.channels}  # 2D data refuses them
-    return Config(dataset="ring8" if toy else "random_images", model=args.model, **images,
-                  batch_size=args.batch_size, width=args.width, loss=args.loss,
-                  penalty=args.penalty, d_normalization=args.d_normalization, n_critic=args.n_critic,
-                  seed=args.seed, **({"compute_dtype": args.compute_dtype}
-                                     if "compute_dtype" in Config.__dataclass_fields__ else {}))
+    """The benchmarked Config: ``args.config_fields`` on random image data (``random_images``) or, for the 2D
+    models, on ring8 (or the 2D dataset a flagfile named)."""
+    from jaxgan import models
+    fields = dict(args.config_fields)
+    if models.MODELS[fields.get("model", Config.model)].data == "2d":
+        fields.setdefault("dataset", "ring8")
+    else:
+        fields["dataset"] = "random_images"
+    return Config(**fields)
 
 
 def random_batch(exp, config: Config, key, leading=()):
+    """Uniform [-1, 1] data {"x": [*leading, n_critic, B, *data_shape]}, plus "label" [*leading, n_critic, B]
+    int32 in [0, num_classes) for a class-conditional experiment."""
     shape = tuple(leading) + (config.n_critic, config.batch_size) + tuple(exp.data_shape)
-    return {"x": jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0)}
+    batch = {"x": jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0)}
+    if exp.num_classes:
+        label_shape = shape[:len(shape) - len(exp.data_shape)]
+        batch["label"] = jax.random.randint(jax.random.fold_in(key, 1), label_shape, 0, exp.num_classes, jnp.int32)
+    return batch
 
 
 def _flops(compiled) -> float | None:
@@ -149,12 +255,31 @@ def _dot_flops(eqn) -> float:
     return 2.0 * size(lhs, lb) * size(lhs, free_l) * size(rhs, free_r) * size(lhs, lc)
 
 
-def model_flops(jaxpr) -> float:
+def _lazy_period(index, producers: dict) -> int | None:
+    """k where a cond's ``index`` is ``int(counter % k == 0)`` with a literal k (the predicate of a lazy
+    regularizer, `jaxgan.objectives.Term`: its branch 1 runs on one update in k), else None."""
+    e = producers.get(index)
+    if e is None or e.primitive.name != "convert_element_type":
+        return None
+    e = producers.get(e.invars[0])
+    if e is None or e.primitive.name != "eq" or not (isinstance(e.invars[1], Literal) and e.invars[1].val == 0):
+        return None
+    e = producers.get(e.invars[0])
+    if e is None or not (e.primitive.name == "rem" or e.params.get("name") == "remainder"):
+        return None
+    k = e.invars[1]
+    return int(k.val) if isinstance(k, Literal) and int(k.val) >= 1 else None
+
+
+def model_flops(jaxpr, lazy: str = "amortized") -> float:
     """FLOPs of the convolutions and matmuls of a (closed) jaxpr, counting only products with real inputs
     (padding and dilation holes excluded, like XLA's cost analysis and the usual MFU convention), so that the
-    formulations of `jaxgan.models.layers` count the same; scan bodies count ``length`` times, while bodies once,
-    cond the costliest branch. Elementwise work is not counted (a few % of a conv net's)."""
+    formulations of `jaxgan.models.layers` count the same; scan bodies count ``length`` times, while bodies once.
+    A cond counts its costliest branch, except a lazy regularizer's (``counter % k == 0``, `_lazy_period`):
+    ``lazy="amortized"`` counts it on one call in k (the mean cost per step over a run), ``"max"`` as always
+    taken (a step on which every lazy term runs). Elementwise work is not counted (a few % of a conv net's)."""
     jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    producers = {v: eqn for eqn in jaxpr.eqns for v in eqn.outvars}
     total = 0.0
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
@@ -163,30 +288,39 @@ def model_flops(jaxpr) -> float:
         elif name == "dot_general":
             total += _dot_flops(eqn)
         elif name == "cond":
-            total += max(model_flops(b) for b in eqn.params["branches"])
+            costs = [model_flops(b, lazy) for b in eqn.params["branches"]]
+            k = _lazy_period(eqn.invars[0], producers) if lazy == "amortized" and len(costs) == 2 else None
+            total += max(costs) if k is None else costs[0] + (costs[1] - costs[0]) / k
         else:
             inner = 0.0
             for v in eqn.params.values():
                 for sub in (v if isinstance(v, (tuple, list)) else (v,)):
                     if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
-                        inner += model_flops(sub)
+                        inner += model_flops(sub, lazy)
             total += inner * (eqn.params["length"] if name == "scan" else 1)
     return total
 
 
-def network_flops(config: Config, state, batch, steps_per_call: int = 1) -> float:
-    """`model_flops` of one train step of ``config`` as the network defines it: traced with every layer of
+def network_jaxpr(config: Config, state, batch, steps_per_call: int = 1, num_classes: int | None = None):
+    """The jaxpr of one train step of ``config`` as the network defines it: traced with every layer of
     `jaxgan.models.layers` forced to plain XLA convolutions (a fresh experiment, so no trace is shared with the
-    timed program), since the faster formulations pad explicitly and would count some zeros. Counted on the
-    jaxpr because XLA's cost analysis does not count cuDNN's convolutions (custom calls) on GPU."""
+    timed program), since the faster formulations pad explicitly and would count some zeros, and oneDNN's are
+    custom calls. ``num_classes``: that of the timed experiment (a class-conditional config's)."""
     original = layers._resolve
     layers._resolve = lambda impl, kind, *a: original("xla", kind, *a)
     try:
-        step = experiment_lib.build(config).train_step()
+        step = experiment_lib.build(config, num_classes=num_classes).train_step()
         one = jax.tree.map(lambda x: x[0], batch) if steps_per_call > 1 else batch  # [K, n_critic, B, ...]
-        return model_flops(jax.make_jaxpr(step)(state, one))
+        return jax.make_jaxpr(step)(state, one)
     finally:
         layers._resolve = original
+
+
+def network_flops(config: Config, state, batch, steps_per_call: int = 1, num_classes: int | None = None,
+                  lazy: str = "amortized") -> float:
+    """`model_flops` of `network_jaxpr`: counted on the jaxpr because XLA's cost analysis does not count
+    cuDNN's convolutions (custom calls) on GPU."""
+    return model_flops(network_jaxpr(config, state, batch, steps_per_call, num_classes), lazy)
 
 
 class JaxRunner:
@@ -211,7 +345,9 @@ class JaxRunner:
         self.compiled = lowered.compile()
         t2 = time.perf_counter()
         self.trace_sec, self.compile_sec = t1 - t0, t2 - t1
-        self.flops_per_step = network_flops(config, self.state, self.batch, steps_per_call)
+        jaxpr = network_jaxpr(config, self.state, self.batch, steps_per_call, exp.num_classes)
+        self.flops_per_step = model_flops(jaxpr)  # lazy regularizers amortized
+        self.flops_per_step_all_lazy = model_flops(jaxpr, lazy="max")
         self.xla_flops_per_step = _flops(self.compiled)
         if self.xla_flops_per_step is not None:  # XLA counts a while loop's body once: under lax.scan it is per step
             self.xla_flops_per_step /= steps_per_call if (unroll or steps_per_call == 1) else 1
@@ -221,6 +357,12 @@ class JaxRunner:
             self.state, metrics = self.compiled(self.state, self.batch)
         jax.block_until_ready((self.state, metrics))
         return metrics
+
+
+def changed_fields(config: Config) -> dict:
+    """{field: value} of ``config`` where it differs from Config's defaults: the benchmarked settings."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(Config)
+            if getattr(config, f.name) != f.default}
 
 
 def time_block(fn, n: int) -> float:
@@ -322,7 +464,9 @@ def main(argv=None):
         original = layers._resolve
         layers._resolve = lambda impl, *a: original(args.conv_impl if impl == "auto" else impl, *a)
     config = make_config(args)
-    exp = experiment_lib.build(config)
+    if args.flagfile_ignored:
+        print(f"--flagfile: ignored {', '.join('--' + n for n in args.flagfile_ignored)} (random data, this loop)")
+    exp = experiment_lib.build(config, num_classes=args.num_classes)
     device = jax.devices()[0]
     device_name = f"{device.platform}:{device.device_kind}"
     ks = [int(k) for k in args.steps_per_call.split(",")]
@@ -332,7 +476,7 @@ def main(argv=None):
     for k in ks:
         r = JaxRunner(exp, config, k, args.unroll)
         runners[f"jaxgan k={k}" if len(ks) > 1 else "jaxgan"] = r
-        print(f"[{device_name}] {args.model} {config.image_size if args.model != 'mlp' else ''} k={k}: trace "
+        print(f"[{device_name}] {args.model} {'' if config.is_toy else config.image_size} k={k}: trace "
               f"{r.trace_sec:.2f} s, compile {r.compile_sec:.2f} s, "
               f"flops/step {r.flops_per_step / 1e9 if r.flops_per_step else float('nan'):.3f} G", flush=True)
     g_params = count_params(next(iter(runners.values())).state.g.params)
@@ -372,14 +516,16 @@ def main(argv=None):
     sps = statistics.median(rates[main_name])
     result = {"model": args.model, "steps_per_sec": round(sps, 4), "images_per_sec": round(sps * images_per_step, 2),
               "compile_sec": round(r0.compile_sec, 3), "trace_sec": round(r0.trace_sec, 3),
-              "flops_per_step": r0.flops_per_step, "xla_flops_per_step": r0.xla_flops_per_step,
+              "flops_per_step": r0.flops_per_step, "flops_per_step_all_lazy": r0.flops_per_step_all_lazy,
+              "xla_flops_per_step": r0.xla_flops_per_step,
               "device": device_name,
               "gflops_per_sec": None if r0.flops_per_step is None else round(sps * r0.flops_per_step / 1e9, 2),
-              "image_size": None if args.model == "mlp" else args.image_size,
-              "channels": None if args.model == "mlp" else args.channels, "batch_size": args.batch_size,
+              "image_size": None if config.is_toy else args.image_size,
+              "channels": None if config.is_toy else args.channels, "batch_size": args.batch_size,
               "n_critic": args.n_critic, "compute_dtype": args.compute_dtype, "conv_impl": args.conv_impl,
               "steps_per_call": ks[0], "params_g": g_params, "params_d": d_params, "blocks": args.blocks,
-              "load_avg_1m": load, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+              "load_avg_1m": load, "xla_flags": os.environ.get("XLA_FLAGS", ""), "flagfile": args.flagfile or None,
+              "num_classes": exp.num_classes, "config": changed_fields(config)}
     if len(ks) > 1:
         result["steps_per_sec_by_k"] = {str(r.k): round(statistics.median(rates[n]), 4) for n, r in runners.items()}
         result["compile_sec_by_k"] = {str(r.k): round(r.compile_sec, 3) for r in runners.values()}
@@ -413,4 +559,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except experiment_lib.ConfigError as e:  # a bad model/option combination, named by jaxgan's validation
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

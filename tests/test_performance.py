@@ -254,3 +254,76 @@ def test_step_throughput_reports_consistent_figures(capsys):
     assert r["gflops_per_sec"] == pytest.approx(rate / 1e9, abs=0.006)
     assert r["fraction_of_peak"] == pytest.approx(rate / 1e12 / r["matmul_peak_tflops"], rel=1e-3, abs=6e-5)
     assert r["params_g"] == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.g.params))
+
+
+def test_model_flops_amortizes_lazy_regularizers():
+    """A lazy term's cond (``counter % k == 0``, as `jaxgan.objectives.Term` emits it) counts on one step in k;
+    ``lazy="max"`` counts it always; any other cond counts its costliest branch."""
+    import step_throughput
+    a = jnp.ones((8, 8))
+    heavy, light = 2 * 8 * 8 * 8 * 3, 2 * 8 * 8 * 8  # three matmuls vs one
+
+    def lazy(counter, a):
+        return jax.lax.cond(counter % 4 == 0, lambda: a @ a @ a @ a, lambda: a @ a)
+
+    def other(counter, a):
+        return jax.lax.cond(counter > 4, lambda: a @ a @ a @ a, lambda: a @ a)
+
+    jaxpr = jax.make_jaxpr(lazy)(jnp.int32(0), a)
+    assert step_throughput.model_flops(jaxpr) == light + (heavy - light) / 4
+    assert step_throughput.model_flops(jaxpr, lazy="max") == heavy
+    assert step_throughput.model_flops(jax.make_jaxpr(other)(jnp.int32(0), a)) == heavy
+
+
+def test_network_flops_of_stylegan2_equals_a_hand_count(monkeypatch):
+    """The counter sees StyleGAN2's convolutions (`layers.conv`, oneDNN custom calls under "auto" on CPU,
+    forced to XLA convolutions as `step_throughput.network_jaxpr` does) and its dense layers: G's and D's forward
+    passes at 32 px, channels capped at 8, against a count layer by layer."""
+    import step_throughput
+    from jaxgan.models import stylegan2
+    b, lat, ch, c, s = 4, 16, 8, 1, 32
+    g = stylegan2.StyleGAN2Generator(s, c, lat, ch, mapping_layers=2)
+    d = stylegan2.StyleGAN2Discriminator(s, ch)
+    monkeypatch.setattr(layers, "_resolve", functools.partial(lambda resolve, impl, k, *a: resolve("xla", k, *a),
+                                                              layers._resolve))
+    z, x = jax.ShapeDtypeStruct((b, lat), jnp.float32), jax.ShapeDtypeStruct((b, s, s, c), jnp.float32)
+    g_vars = jax.eval_shape(lambda: g.init(jax.random.key(0), jnp.zeros(z.shape), train=False))
+    d_vars = jax.eval_shape(lambda: d.init(jax.random.key(0), jnp.zeros(x.shape), train=False))
+    g_flops = step_throughput.model_flops(jax.make_jaxpr(lambda v, z: g.apply(v, z, train=False))(g_vars, z))
+    d_flops = step_throughput.model_flops(jax.make_jaxpr(lambda v, x: d.apply(v, x, train=False))(d_vars, x))
+    same = lambda r: (3 * r - 2) ** 2  # noqa: E731 - (output, tap) pairs of a padded 3x3 conv at r x r
+    affine, demod = 2 * b * lat * ch, 2 * b * ch * ch  # a layer's style dense layer; its demodulation einsum
+    want_g = 2 * (2 * b * lat * lat)  # mapping network
+    want_g += affine + 2 * b * ch * ch * same(4) + demod + affine + 2 * b * 4 * 4 * ch * c  # 4x4 layer, toRGB
+    for r in (8, 16, 32):  # up conv: stride-2 transposed 3x3, each of the (r/2)^2 inputs meets 9 taps; conv; toRGB
+        want_g += affine + 2 * b * ch * ch * 9 * (r // 2) ** 2 + demod + affine + 2 * b * ch * ch * same(r) + demod
+        want_g += affine + 2 * b * r * r * ch * c
+    want_d = 2 * b * s * s * c * ch  # fromRGB
+    for r in (32, 16, 8):  # skip 1x1 after the FIR downsample; conv0; conv1 stride 2 on the FIR-filtered input
+        want_d += 2 * b * (r // 2) ** 2 * ch * ch + 2 * b * ch * ch * same(r) + 2 * b * ch * ch * 9 * (r // 2) ** 2
+    want_d += 2 * b * (ch + 1) * ch * same(4) + 2 * b * 16 * ch * ch + 2 * b * ch  # mbstd conv, fc, out
+    assert (g_flops, d_flops) == (want_g, want_d)
+
+
+def test_step_throughput_config_from_flagfile_options_and_set(capsys):
+    """--flagfile keeps the model/objective/optimization flags and image shape, drops data and loop flags; the
+    dedicated options override it, --set overrides both; bad --set values are one error line, exit 2."""
+    import step_throughput
+    args = step_throughput.parse_args(["--flagfile=stylegan2_digits32.cfg", "--batch_size=16",
+                                       "--set", "penalty_every=8", "--set=style_mixing=0.5"])
+    config = step_throughput.make_config(args)
+    assert (config.model, config.image_size, config.channels, config.mapping_layers) == ("stylegan2", 32, 1, 2)
+    assert (config.batch_size, config.penalty_every, config.style_mixing) == (16, 8, 0.5)
+    assert (config.dataset, config.steps, config.log_every) == ("random_images", Config.steps, Config.log_every)
+    assert {"dataset", "steps", "log_every"} <= set(args.flagfile_ignored) and args.batch_size == 16
+    args = step_throughput.parse_args(["--model=biggan", "--conditional", "--image_size=32", "--width=4",
+                                       "--batch_size=4", "--num_classes=7"])
+    exp = experiment.build(step_throughput.make_config(args), num_classes=args.num_classes)
+    batch = step_throughput.random_batch(exp, exp.config, jax.random.key(0), leading=(3,))
+    assert batch["label"].shape == (3, 1, 4) and batch["label"].dtype == jnp.int32
+    assert 0 <= int(batch["label"].min()) and int(batch["label"].max()) < 7
+    for bad in (["--set", "no_such_field=1"], ["--set", "mapping_layers=two"], ["--set", "conditional"]):
+        with pytest.raises(SystemExit) as e:
+            step_throughput.parse_args(bad)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: --set")
