@@ -282,14 +282,17 @@ def default_chunk(platform: str, model: str, runs: int) -> int:
     CPU: 8 for MLP GANs (faster than sequential at 4-16 runs, slower at 32-64); 1 for convolutional GANs
     (vmapped convolutions become grouped convolutions, slower than sequential). Accelerators: all runs for MLPs
     (a 64-run chunk fills a GPU far better than one small MLP), 16 for convolutional GANs (memory). The
-    figures: ``docs/performance.md``, "Figures behind the library's defaults".
+    figures: ``docs/performance.md``, "Figures behind the library's defaults". The chunks are then balanced
+    (10 runs at 8: two chunks of 5, one compiled program, rather than 8 and a slow chunk of 2).
     """
     convolves = MODELS[model].convolves  # the model registry's spec: MLPs (mlp, pacgan_mlp) vmap well on CPU
     if platform == "cpu":
         chunk = 1 if convolves else 8
     else:
         chunk = 16 if convolves else 256
-    return max(1, min(chunk, runs))
+    chunk = max(1, min(chunk, runs))
+    chunks = -(-runs // chunk)
+    return -(-runs // chunks)
 
 
 def check_chunk(chunk: int | None, seed_devices: int) -> None:
