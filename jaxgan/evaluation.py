@@ -347,8 +347,8 @@ def evaluate(experiment, state, *, metrics: str | Sequence[str] = METRICS, num_s
 
     Args:
       experiment: `jaxgan.experiment.Experiment` of the run (``load_run(workdir)[0]``).
-      state: its `GANState`. Samples use the EMA weights when ``config.ema_decay`` or ``config.ema_kimg`` is set (else the raw weights)
-        and BatchNorm in inference mode (the stored running statistics).
+      state: its `GANState`. Samples use the EMA weights when the run used EMA (`jaxgan.experiment.uses_ema`;
+        else the raw weights) and BatchNorm in inference mode (the stored running statistics).
       metrics: subset of ``("fid", "kid", "is", "pr")``, a sequence or a comma-separated string.
       num_samples: generated samples for the Fréchet distance and the score (>= 2).
       reference: real split to compare with ("train" or "test"; any split name the dataset accepts).
@@ -399,7 +399,8 @@ def evaluate(experiment, state, *, metrics: str | Sequence[str] = METRICS, num_s
         reference_metrics.update(registry.METRICS[name].reference_result(real, context))
     if extractor.name == "classifier":
         reference_metrics["classes_covered"] = ref["classes_covered"]
-    use_ema = bool(config.ema_decay or config.ema_kimg)  # as `jaxgan.experiment.sample_params`
+    from jaxgan.experiment import uses_ema
+    use_ema = uses_ema(config)
     protocol = {
         "checkpoint_step": step, "dataset": config.dataset, "image_size": config.image_size,
         "channels": config.channels, "model": config.model,

@@ -450,10 +450,14 @@ def initial_hparams(config: Config, objective: objectives.Objective) -> dict[str
     return hparams
 
 
+def uses_ema(config: Config) -> bool:
+    """Whether samples are drawn with G's EMA weights: ``--ema_decay`` or ``--ema_kimg`` is on."""
+    return bool(config.ema_decay or config.ema_kimg)
+
+
 def sample_params(state, config: Config):
-    """The generator weights samples are drawn with: the EMA weights when ``--ema_decay`` or ``--ema_kimg`` is on,
-    else the raw ones."""
-    return state.g_ema_params if config.ema_decay or config.ema_kimg else state.g.params
+    """The generator weights samples are drawn with: the EMA weights when `uses_ema`, else the raw ones."""
+    return state.g_ema_params if uses_ema(config) else state.g.params
 
 
 def toy_mixture_options(config: Config) -> dict[str, Any]:

@@ -5,6 +5,7 @@ import pathlib
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 _CACHE = pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
@@ -49,3 +50,11 @@ def read_study_flagfile(path, tmp_path):
     base_file = tmp_path / "base.cfg"
     base_file.write_text("\n".join(lines))
     return Config(**common.read_flagfile(base_file, Config)), given, sweeps, losses
+
+
+def state_leaves(tree) -> list:
+    """Every leaf of ``tree`` as a NumPy array (typed PRNG keys as their key data), for bitwise comparisons of
+    train states."""
+    return [np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+            for x in jax.tree.leaves(tree)]
+

@@ -12,6 +12,7 @@ import optax
 import pytest
 from scipy import ndimage
 
+from conftest import state_leaves
 from jaxgan import augment, experiment, objectives, sweep
 from jaxgan.augment import ada, diffaugment as da
 from jaxgan.experiment import Config, ConfigError
@@ -355,11 +356,6 @@ def test_launcher_refuses_a_bad_augment_in_one_line(tmp_path):
         assert flag in line, line
 
 
-def leaves(tree):
-    return [np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
-            for x in jax.tree.leaves(tree)]
-
-
 class TinyG(nn.Module):
     """z [B, 4] -> tanh images [B, 8, 8, 1]."""
     latent_dim: int = 4
@@ -420,7 +416,7 @@ def test_ada_target_sweep_vmapped_equals_separate_runs():
         vmapped_p.append(np.asarray(metrics["ada_p"]))
     for i in range(2):
         run = jax.tree.map(lambda x: x[i], stacked)
-        for a, b in zip(leaves(run), leaves(separate[i])):
+        for a, b in zip(state_leaves(run), state_leaves(separate[i])):
             np.testing.assert_allclose(a, b, atol=1e-6)
         assert [float(p[i]) for p in vmapped_p] == separate_p[i]
     assert separate_p[0][1] == 0.5 and separate_p[1][1] == 0.0  # r_t = 0.5: above one target, below the other
@@ -445,6 +441,6 @@ def test_resume_with_ada_state_is_exact(tmp_path):
         resumed, _ = ckpt.restore(3, jax.eval_shape(lambda: init(jax.random.key(9), objective.hparams)))
     for batch in batches[3:]:
         resumed, _ = step(resumed, batch)
-    for a, b in zip(leaves(full), leaves(resumed)):
+    for a, b in zip(state_leaves(full), state_leaves(resumed)):
         np.testing.assert_array_equal(a, b)
 

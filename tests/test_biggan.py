@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import state_leaves
 from jaxgan import experiment, models, parallel
 from jaxgan.checkpoint import Checkpointer
 from jaxgan.config import Config, ConfigError
@@ -170,12 +171,6 @@ def test_biggan_deep_takes_any_latent_size_and_its_attention_resolutions():
     assert biggan_deep.attention_resolutions(128) == (8, 16, 32, 64)
 
 
-def _leaves(tree):
-    """Every leaf of ``tree`` as a NumPy array (typed PRNG keys as their key data)."""
-    return [np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
-            for x in jax.tree.leaves(tree)]
-
-
 @pytest.mark.slow  # two compilations of a BigGAN train step: ~5 min cold on 2 loaded cores
 @pytest.mark.skipif(jax.device_count() < 2, reason="needs 2 (simulated) devices; see conftest.py")
 def test_resume_is_exact_and_data_parallel_steps_equal_one_device_with_cross_replica_batch_norm(tmp_path):
@@ -201,9 +196,9 @@ def test_resume_is_exact_and_data_parallel_steps_equal_one_device_with_cross_rep
         state, metrics = step(state, batch)
     for batch in batches[2:]:
         resumed, _ = step(resumed, batch)
-    for a, b in zip(_leaves(state), _leaves(resumed), strict=True):
+    for a, b in zip(state_leaves(state), state_leaves(resumed), strict=True):
         np.testing.assert_array_equal(b, a)
-    assert not np.array_equal(_leaves(state.g_ema_params)[0], _leaves(state.g.params)[0])  # the EMA lags G
+    assert not np.array_equal(state_leaves(state.g_ema_params)[0], state_leaves(state.g.params)[0])  # the EMA lags G
     mesh = parallel.make_mesh(2, 1)
     dp_exp = experiment.build(config, num_classes=10, axis_name=parallel.DATA_AXIS)
     dp_state = jax.device_put(initial, parallel.replicated(mesh))  # the same initial state, one compilation less

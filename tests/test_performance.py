@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import state_leaves
 from jaxgan import experiment
 from jaxgan.data import toy
 from jaxgan.experiment import Config, ConfigError
@@ -25,13 +26,8 @@ RING = Config(dataset="ring8", width=32, depth=2, batch_size=32)
 DIGITS = Config(dataset="digits", model="dcgan", image_size=32, channels=1, width=8, batch_size=8)
 
 
-def leaves(tree):
-    return [np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
-            for x in jax.tree.leaves(tree)]
-
-
 def assert_trees_close(a, b, **tol):
-    for x, y in zip(leaves(a), leaves(b), strict=True):
+    for x, y in zip(state_leaves(a), state_leaves(b), strict=True):
         np.testing.assert_allclose(x, y, **tol)
 
 
@@ -117,7 +113,7 @@ def test_bfloat16_step_is_close_to_float32():
     # Adam's first update is ~lr * sign(grad): bf16 flips the sign only of tiny gradient entries, so the
     # updates agree in most places (compared as whole vectors)
     for player in ("g", "d"):
-        flat = [np.concatenate([x.ravel() for x in leaves(getattr(n, player).params)]) for n in (n32, n16, s32)]
+        flat = [np.concatenate([x.ravel() for x in state_leaves(getattr(n, player).params)]) for n in (n32, n16, s32)]
         assert np.linalg.norm(flat[1] - flat[0]) <= 0.5 * np.linalg.norm(flat[0] - flat[2]), player
     z = jax.random.normal(jax.random.key(2), (4, exp16.generator.latent_dim))
     variables = {"params": n32.g.params, **n32.g.model_state}

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import state_leaves
 from jaxgan import experiment, parallel
 from jaxgan.checkpoint import Checkpointer
 from jaxgan.config import Config, ConfigError
@@ -333,12 +334,6 @@ def test_ema_flags_validate():
 
 # ----------------------------------------------------------------------------- training and resume
 
-def _leaves(tree):
-    """Every leaf of ``tree`` as a NumPy array (typed PRNG keys as their key data)."""
-    return [np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
-            for x in jax.tree.leaves(tree)]
-
-
 TINY = Config(dataset="digits", model="stylegan2", image_size=32, width=4, latent_dim=4, batch_size=4,
               mapping_layers=2, penalty="r1", penalty_weight=0.01, penalty_every=4, path_length_weight=2.0,
               ema_kimg=10.0, ema_rampup=0.05)
@@ -375,7 +370,7 @@ def test_resume_mid_interval_of_the_lazy_terms_and_in_the_ema_ramp_up_is_exact(t
     assert 6 * 4 * TINY.ema_rampup < 1000 * TINY.ema_kimg  # still in the ramp-up: the EMA decay changes each step
     for x in xs[3:]:
         resumed, _ = step(resumed, {"x": x})
-    for a, b in zip(_leaves(state), _leaves(resumed), strict=True):
+    for a, b in zip(state_leaves(state), state_leaves(resumed), strict=True):
         np.testing.assert_array_equal(b, a)
     assert set(state.g.model_state["stylegan2"]) == {"w_avg", "pl_mean"}
 
