@@ -54,6 +54,11 @@ class TermInputs(NamedTuple):
     # (z, labels) -> G(z) in data space, training mode, no state updates (before the input transforms):
     # differentiable in G's parameters in G terms, a constant (stop_gradient) in D terms; e.g. zCR
     g_fn: Callable[[jax.Array, jax.Array | None], jax.Array] | None = None
+    # Data parallelism: the data axis (None on one device) and ``key`` before its per-device fold (the same on
+    # every device; equal to ``key`` on one device), for a term that draws randomness for the global batch and
+    # slices it, so that N devices compute what one device computes (StyleGAN2's path length).
+    axis_name: str | None = None
+    shared_key: jax.Array | None = None
 
     def d_on(self, labels: jax.Array | None) -> Callable[[jax.Array], jax.Array]:
         """The closure ``x -> D(x, labels)`` that `jaxgan.penalties` takes."""
@@ -230,10 +235,12 @@ class Objective:
         terms are reported, not added."""
         terms = self.d_terms if player == "d" else self.g_terms
         keys = jax.random.split(inputs.key, max(len(terms), 1))
+        shared = (None,) * len(terms) if inputs.shared_key is None else jax.random.split(inputs.shared_key,
+                                                                                           max(len(terms), 1))
         total = jnp.zeros((), jnp.float32)
         values = {}
-        for term, key in zip(terms, keys):
-            value = term.value(inputs._replace(key=key))
+        for term, key, shared_key in zip(terms, keys, shared):
+            value = term.value(inputs._replace(key=key, shared_key=shared_key))
             values[term.name] = value
             if not term.metric_only:
                 total = total + term.weight_value(inputs.hparams) * value

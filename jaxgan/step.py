@@ -234,8 +234,8 @@ def d_update(game: Game, state: GANState, g_model_state, real, real_labels, key,
     Returns (new D player, G's model state after generating the fakes, metrics, (D(real), D(fake)) before the
     update, (z, fake labels) of the fakes).
     """
-    k_z, k_noise, k_terms = jax.random.split(key, 3)
-    k_noise, k_terms = game.per_device(k_noise), game.per_device(k_terms)
+    k_z, k_noise, k_shared = jax.random.split(key, 3)
+    k_noise, k_terms = game.per_device(k_noise), game.per_device(k_shared)
     z, fake_labels = sample_latents(game, k_z, real.shape[0])
     fake, g_model_state = _apply(game.generator, state.g.params, g_model_state, z, fake_labels, train=True,
                                  rngs=_g_rngs(game, k_z))
@@ -248,7 +248,7 @@ def d_update(game: Game, state: GANState, g_model_state, real, real_labels, key,
                                                                        fake, real_labels, fake_labels)
         inputs = TermInputs(real_out, fake_out, real, fake, _d_fn(game, d_params, new_state), k_terms,
                             state.hparams, real_labels, fake_labels, real_aux, fake_aux, None, counter,
-                            state.transforms, z, g_fn)
+                            state.transforms, z, g_fn, game.axis_name, k_shared)
         total, values = game.objective.evaluate("d", inputs)
         return total, (values, new_state, real_out, fake_out)
 
@@ -270,8 +270,8 @@ def g_update(game: Game, state: GANState, real, real_labels, key, latents=None):
     """One G update; ``real`` (the last real minibatch, untransformed; transformed here) only where a G term
     needs D(real).
     Returns (new G player, metrics)."""
-    k_z, k_noise, k_terms = jax.random.split(key, 3)
-    k_noise, k_terms = game.per_device(k_noise), game.per_device(k_terms)
+    k_z, k_noise, k_shared = jax.random.split(key, 3)
+    k_noise, k_terms = game.per_device(k_noise), game.per_device(k_shared)
     z, fake_labels = sample_latents(game, k_z, real.shape[0]) if latents is None else latents
     d = state.d
     if game.objective.g_needs_real:  # D sees real as in the D update: through its input transforms (packing)
@@ -290,7 +290,8 @@ def g_update(game: Game, state: GANState, real, real_labels, key, latents=None):
                                                       True)[0])
         inputs = TermInputs(real_out, fake_out, real, fake, _d_fn(game, d.params, d.model_state), k_terms,
                             state.hparams, real_labels, fake_labels, real_aux, fake_aux, g_aux, state.step,
-                            state.transforms, z, _g_fn(game, g_params, state.g.model_state, constant=False))
+                            state.transforms, z, _g_fn(game, g_params, state.g.model_state, constant=False),
+                            game.axis_name, k_shared)
         total, values = game.objective.evaluate("g", inputs)
         return total, (values, g_state)
 

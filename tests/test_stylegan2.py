@@ -380,11 +380,11 @@ def test_resume_mid_interval_of_the_lazy_terms_and_in_the_ema_ramp_up_is_exact(t
 def test_data_parallel_steps_equal_one_device():
     """Two steps on 2 devices (4 examples each) against one device with the global batch of 8: style mixing
     (probability 1: one cutoff per global batch), noise inputs (drawn for the global batch), lazy R1, the
-    minibatch-stddev groups of 4 consecutive examples (never across devices) and w_avg's update (a mean over
-    the global batch). Not path length: each device takes the first half of its own examples and its own
-    y ~ N(0, I), as the reference's GPUs do, so its penalty and pl_mean update are not one device's. Plain SGD
-    (Adam's first step would turn rounding-sized gradients into +-lr)."""
-    config = dataclasses.replace(TINY, batch_size=8, penalty_every=2, path_length_weight=0.0, style_mixing=1.0,
+    minibatch-stddev groups of 4 consecutive examples (never across devices), w_avg's update (a mean over
+    the global batch) and path length on step 0 (the first half of the global batch, split over the devices,
+    with y drawn for it: penalty, gradient and pl_mean as on one device). Plain SGD (Adam's first step would turn
+    rounding-sized gradients into +-lr)."""
+    config = dataclasses.replace(TINY, batch_size=8, penalty_every=2, style_mixing=1.0,
                                  optimizer="sgd", g_lr=0.01, d_lr=0.01)
     rng = np.random.default_rng(0)
     batches = [{"x": rng.uniform(-1, 1, (1, 8, 32, 32, 1)).astype(np.float32)} for _ in range(2)]
@@ -401,9 +401,10 @@ def test_data_parallel_steps_equal_one_device():
     dp_step = parallel.data_parallel_step(dp_exp.train_step(parallel.DATA_AXIS), mesh)
     for batch, m in zip(batches, metrics):
         dp_state, dp_m = dp_step(dp_state, parallel.shard_batch(batch, mesh))
-        for name in ("d/r1", "g/total", "d/total"):
+        for name in ("d/r1", "g/path_length", "g/path_length_update", "g/total", "d/total"):
             np.testing.assert_allclose(float(dp_m[name]), float(m[name]), rtol=1e-4, err_msg=name)
     assert float(metrics[0]["d/r1"]) > 0 and float(metrics[1]["d/r1"]) == 0  # lazy: step 0 only
+    assert float(metrics[0]["g/path_length"]) > 0 and float(metrics[1]["g/path_length"]) == 0
     for ref, got in ((state.g.params, dp_state.g.params), (state.d.params, dp_state.d.params),
                      (state.g.model_state, dp_state.g.model_state)):
         for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ref)[0], jax.tree.leaves(got)):

@@ -7,7 +7,9 @@ For per-layer latents ws [B, L, w_dim] and image x = g(ws) [B, H, W, C], with y 
     penalty = mean_b (a_b - m')^2                                            (gradient through a_b and m')
 
 on the first ``B // batch_shrink`` examples (2 in the reference), lazily every 4 G steps with the weight times 4
-(`Objective.every`); weight 2 in config F. G must return ``(x, {"ws": ws, "pl_mean": m})`` and take ws in place
+(`Objective.every`); weight 2 in config F. Under data parallelism the examples are the first of the global batch,
+split evenly over the devices, so N devices compute one device's penalty and mean (the reference's GPUs each
+take their own first examples and y). G must return ``(x, {"ws": ws, "pl_mean": m})`` and take ws in place
 of z (`jaxgan.models.stylegan2`). The term reaches x = g(ws) through ``TermInputs.g_fn`` (G in training mode,
 differentiable in its parameters; its noise is the fixed pattern, no fresh noise).
 
@@ -27,35 +29,67 @@ BATCH_SHRINK = 2
 EVERY = 4
 
 
-def path_lengths(synthesis, ws: jax.Array, key: jax.Array) -> jax.Array:
-    """a_b [B] for ``synthesis(ws) -> x`` [B, H, W, C] (see the module docstring); differentiable."""
+def path_lengths(synthesis, ws: jax.Array, key: jax.Array, *, offset=0, total: int | None = None) -> jax.Array:
+    """a_b [B] for ``synthesis(ws) -> x`` [B, H, W, C] (see the module docstring); differentiable. y is rows
+    ``offset`` to ``offset + B`` of ``total`` (default B) rows drawn from ``key`` (a device's share of a draw for
+    the global subset)."""
     x, vjp = jax.vjp(synthesis, ws)
-    y = jax.random.normal(key, x.shape, jnp.float32) / jnp.sqrt(float(x.shape[1] * x.shape[2]))
-    (grads,) = vjp(y.astype(x.dtype))
+    total = x.shape[0] if total is None else total
+    y = jax.random.normal(key, (total, *x.shape[1:]), jnp.float32)
+    if total != x.shape[0]:
+        y = jax.lax.dynamic_slice_in_dim(y, offset, x.shape[0])
+    (grads,) = vjp((y / jnp.sqrt(float(x.shape[1] * x.shape[2]))).astype(x.dtype))
     return jnp.sqrt(jnp.mean(jnp.sum(jnp.square(grads.astype(jnp.float32)), axis=2), axis=1))
 
 
-def _lengths_and_mean(t: TermInputs, decay: float, batch_shrink: int):
+def _lengths(t: TermInputs, batch_shrink: int):
+    """(a_b of this device's examples, their mean over all devices): the first ``B // batch_shrink`` examples of
+    the global batch, split evenly over the devices of ``t.axis_name`` (ws gathered, y drawn for the whole
+    subset from the device-invariant key and sliced), so that N devices compute one device's penalty."""
     if t.g_aux is None or "ws" not in t.g_aux or t.g_fn is None:
         raise ValueError("path length regularization needs a G that returns (x, {'ws', 'pl_mean'}) "
                          "and takes ws in place of z (--model=stylegan2)")
-    n = max(t.g_aux["ws"].shape[0] // batch_shrink, 1)
-    labels = None if t.fake_labels is None else t.fake_labels[:n]
-    lengths = path_lengths(lambda w: t.g_fn(w, labels), t.g_aux["ws"][:n], t.key)
-    mean = jax.lax.stop_gradient(t.g_aux["pl_mean"])
-    return lengths, mean + decay * (jnp.mean(lengths) - mean)
+    ws, labels = t.g_aux["ws"], t.fake_labels
+    if t.axis_name is None:
+        n = max(ws.shape[0] // batch_shrink, 1)
+        lengths = path_lengths(lambda w: t.g_fn(w, None if labels is None else labels[:n]), ws[:n], t.key)
+        return lengths, jnp.mean(lengths)
+    devices = jax.lax.axis_size(t.axis_name)
+    n = max(devices * ws.shape[0] // batch_shrink, 1)
+    if n % devices:
+        raise ValueError(f"path length regularization on {devices} devices takes the first {n} examples of the "
+                         f"global batch, which must split evenly over the devices; choose --batch_size so that "
+                         f"batch_size // {batch_shrink} is a multiple of {devices}")
+    share, start = n // devices, jax.lax.axis_index(t.axis_name) * (n // devices)
+
+    def mine(a):  # this device's share of the global subset; the gradient returns to the owner (psum_scatter)
+        return jax.lax.dynamic_slice_in_dim(jax.lax.all_gather(a, t.axis_name, tiled=True), start, share)
+
+    ws, labels = mine(ws), None if labels is None else mine(labels)
+    lengths = path_lengths(lambda w: t.g_fn(w, labels), ws, t.shared_key, offset=start, total=n)
+    return lengths, jax.lax.pmean(jax.lax.stop_gradient(jnp.mean(lengths)), t.axis_name)
 
 
 def penalty(t: TermInputs, decay: float = DECAY, batch_shrink: int = BATCH_SHRINK) -> jax.Array:
     """mean_b (a_b - m')^2 (scalar float32)."""
-    lengths, new_mean = _lengths_and_mean(t, decay, batch_shrink)
-    return jnp.mean(jnp.square(lengths - new_mean))
+    lengths, mean_lengths = _lengths(t, batch_shrink)
+    mean = jax.lax.stop_gradient(t.g_aux["pl_mean"])
+    if t.axis_name is None:
+        return jnp.mean(jnp.square(lengths - (mean + decay * (mean_lengths - mean))))
+    # This device's share of the mean over the subset; the device mean of its gradient is the one device's
+    # gradient: the part through m' (d m' = decay * d mean_b a_b, a sum over every device's a_b) is written
+    # as -2 decay (mean_b a_b - m') d(this device's mean a_b), which is 0 in value.
+    new_mean = mean + decay * (mean_lengths - mean)
+    local = jnp.mean(lengths)
+    return (jnp.mean(jnp.square(lengths - new_mean))
+            - 2.0 * decay * (mean_lengths - new_mean) * (local - jax.lax.stop_gradient(local)))
 
 
 def mean_update(t: TermInputs, decay: float = DECAY, batch_shrink: int = BATCH_SHRINK) -> jax.Array:
     """m' - m, without gradient (the metric-only term that moves G's ``pl_mean``)."""
-    lengths, new_mean = _lengths_and_mean(t, decay, batch_shrink)
-    return jax.lax.stop_gradient(new_mean - t.g_aux["pl_mean"])
+    _, mean_lengths = _lengths(t, batch_shrink)
+    mean = jax.lax.stop_gradient(t.g_aux["pl_mean"])
+    return jax.lax.stop_gradient(mean + decay * (mean_lengths - mean) - t.g_aux["pl_mean"])
 
 
 def path_length(weight: float = 2.0, every: int = EVERY, decay: float = DECAY,
