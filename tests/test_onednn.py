@@ -1,5 +1,7 @@
 """jaxgan.models.onednn / jaxgan.native: oneDNN convolutions equal XLA's, in forward and reverse mode to any
 order and under vmap; the extension builds wherever a compiler and the oneDNN wheels are present."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -254,3 +256,41 @@ def test_derivative_programs_call_the_three_kernels():
     assert grad.count(f"@jaxgan_JaxganOnednnConv{name}(") == count, name
   hvp = jax.jit(lambda x, w: jax.jvp(jax.grad(loss, (0, 1)), (x, w), (x, w))[1]).lower(x, w).as_text()
   assert "convolution" not in grad + hvp and "JaxganOnednnConvBwdWeights" in hvp
+
+
+@needs_onednn
+def test_each_device_of_a_data_parallel_program_gets_its_share_of_the_threads(monkeypatch):
+  """One device: OpenMP's default (threads=0, every core). Under shard_map on N devices each device's oneDNN
+  calls run cores // N threads (at least 1), and the results equal XLA's convolution per shard."""
+  from jax.sharding import PartitionSpec as P
+
+  from jaxgan import parallel
+  assert onednn.threads_per_device(1) == 0
+  monkeypatch.setenv("OMP_NUM_THREADS", "8")
+  assert [onednn.threads_per_device(n) for n in (2, 4, 8, 16)] == [4, 2, 1, 1]
+  monkeypatch.delenv("OMP_NUM_THREADS")
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((4, 8, 8, 3)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, 3, 5)), jnp.float32)
+
+  def loss(x, w):  # forward and both gradient passes
+    return jnp.sum(onednn.conv(x, w, (2, 2), ((1, 1), (1, 1))) ** 2)
+
+  def xla_loss(x, w):
+    return jnp.sum(lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
+
+  grads = jax.grad(loss, argnums=(0, 1))
+  assert "threads = 0" in jax.jit(grads).lower(x, w).as_text()
+  mesh = parallel.make_mesh(2, 1)
+  sharded = jax.jit(jax.shard_map(grads, mesh=mesh, in_specs=(P(parallel.DATA_AXIS), P()),
+                                  out_specs=(P(parallel.DATA_AXIS), P(parallel.DATA_AXIS)), check_vma=False))
+  text = sharded.lower(x, w).as_text()
+  share = onednn.threads_per_device(2)
+  assert share == max(1, len(os.sched_getaffinity(0)) // 2)
+  assert text.count(f"threads = {share} : i64") == 3 and "threads = 0" not in text  # fwd, dgrad, wgrad
+  dx, dw = sharded(x, w)
+  for half in range(2):
+    want = jax.grad(xla_loss, argnums=(0, 1))(x[2 * half:2 * half + 2], w)
+    np.testing.assert_allclose(dx[2 * half:2 * half + 2], want[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw[3 * half:3 * half + 3], want[1], rtol=1e-5, atol=1e-4)

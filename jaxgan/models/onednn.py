@@ -18,12 +18,14 @@ kernel flipped and its in/out channels swapped (``convt``).
 
 Only float32 on the cpu backend, non-negative paddings (``supported``); ``available()`` says whether the
 extension could be built and loaded. Under ``jax.vmap`` the custom calls get leading batch dimensions
-(``jax.ffi.ffi_call``'s ``vmap_method="expand_dims"`` semantics) and run one convolution per batch element,
-each on all cores.
+(``jax.ffi.ffi_call``'s ``vmap_method="expand_dims"`` semantics) and run one convolution per batch element.
+A program on one device runs them on every core; a program on N (simulated) CPU devices gives each device's
+calls its share of the cores (``threads_per_device``).
 """
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -74,9 +76,27 @@ def _lowering(pass_):
   def lower(ctx, a, b, *, geom, variant):
     del variant
     return rule(ctx, a, b, strides=np.asarray(geom.strides, np.int64),
-                padding=np.asarray([p for lo_hi in geom.pads for p in lo_hi], np.int64))
+                padding=np.asarray([p for lo_hi in geom.pads for p in lo_hi], np.int64),
+                threads=np.int64(threads_per_device(_program_devices(ctx))))
 
   return lower, "cpu"
+
+
+def threads_per_device(devices: int) -> int:
+  """oneDNN threads for each device of a program on ``devices`` CPU devices: 0 (OpenMP's default, every core)
+  for one device; else each device's share of the cores (``$OMP_NUM_THREADS`` or the CPU affinity), at least
+  1, so that simulated devices, which share the cores, do not run a team of all-core threads each."""
+  if devices <= 1:
+    return 0
+  cores = int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
+  return max(1, cores // devices)
+
+
+def _program_devices(ctx) -> int:
+  """The number of devices the program being lowered runs on (shard_map: its mesh; jit: its sharding)."""
+  axis_context = ctx.module_context.axis_context
+  mesh = getattr(axis_context, "mesh", None)
+  return int(mesh.size) if mesh is not None else int(getattr(axis_context, "num_devices", 1) or 1)
 
 
 _PASSES = conv_passes.Passes("jaxgan_onednn_conv", lowering=_lowering)

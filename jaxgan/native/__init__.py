@@ -56,7 +56,7 @@ def _toolchain() -> tuple[str, pathlib.Path, pathlib.Path, str]:
 def _build(name: str) -> pathlib.Path:
   cxx, include, libdir, version = _toolchain()
   source = _SOURCES / f"{name}.cc"
-  cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}", f"-I{include}",
+  cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w", f"-I{jax.ffi.include_dir()}", f"-I{include}",
          str(source), f"-L{libdir}", "-ldnnl", f"-Wl,-rpath,{libdir}"]
   versions = [version, jax.__version__, importlib.metadata.version("jaxlib")]
   key = hashlib.sha256("\0".join([source.read_text(), *cmd, *versions]).encode()).hexdigest()[:16]

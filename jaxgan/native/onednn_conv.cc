@@ -6,7 +6,10 @@
 //   JaxganOnednnConvFwd          (x [N,H,W,C], w [kh,kw,C,O])   -> y  [N,Ho,Wo,O]
 //   JaxganOnednnConvBwdData      (g [N,Ho,Wo,O], w [kh,kw,C,O]) -> dx [N,H,W,C]   (shape from the result)
 //   JaxganOnednnConvBwdWeights   (x [N,H,W,C], g [N,Ho,Wo,O])   -> dw [kh,kw,C,O] (shape from the result)
-// Attributes: strides = [sh, sw], padding = [lo_h, hi_h, lo_w, hi_w] (lax.conv_general_dilated's pads).
+// Attributes: strides = [sh, sw], padding = [lo_h, hi_h, lo_w, hi_w] (lax.conv_general_dilated's pads),
+// threads = the OpenMP threads of the calling thread's oneDNN calls (0: leave as is). XLA runs each simulated CPU
+// device's program on its own thread; giving each its share of the cores keeps N devices from running N teams
+// of all-core threads that spin against each other (the OpenMP thread count is a per-thread setting).
 // Leading dimensions before the last four are a batch (jax.vmap; see RunBatched).
 // Primitives are built once per shape and cached; oneDNN chooses the kernel's weight layout ("any") and
 // the HWIO weights are reordered into it (weights are small next to activations, which stay NHWC).
@@ -17,6 +20,8 @@
 #include <string>
 #include <unordered_map>
 #include <vector>
+
+#include <omp.h>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -49,7 +54,8 @@ struct Plan {
 };
 
 std::string Key(Pass pass, const Geometry& g) {
-  std::string key = std::to_string(pass);
+  // A primitive is built for the thread count it runs with (its scratchpad and work split depend on it).
+  std::string key = std::to_string(pass) + "," + std::to_string(omp_get_max_threads());
   for (memory::dim d : {g.n, g.c, g.h, g.w, g.o, g.kh, g.kw, g.ho, g.wo, g.strides[0], g.strides[1],
                         g.pad_l[0], g.pad_l[1], g.pad_r[0], g.pad_r[1]}) {
     key += "," + std::to_string(d);
@@ -154,7 +160,7 @@ struct Operand {
 // Runs `pass` once per index of the leading dimensions. The three operands are (x side, kernel, y side)
 // in the kernel's roles: (src, weights, dst) with the result among them.
 ffi::Error RunBatched(Pass pass, Operand xs, Operand ws, Operand ys, ffi::Span<const int64_t> strides,
-                      ffi::Span<const int64_t> padding) {
+                      ffi::Span<const int64_t> padding, int64_t threads) {
   if (xs.Lead() < 0 || xs.Lead() != ws.Lead() || xs.Lead() != ys.Lead() || strides.size() != 2 ||
       padding.size() != 4) {
     return ffi::Error::InvalidArgument("oneDNN convolution: expects NHWC activations, an HWIO kernel (with "
@@ -166,6 +172,7 @@ ffi::Error RunBatched(Pass pass, Operand xs, Operand ws, Operand ys, ffi::Span<c
   if (w[2] != g.c || w[3] != g.o || y[0] != g.n) {
     return ffi::Error::InvalidArgument("oneDNN convolution: inconsistent shapes");
   }
+  if (threads > 0 && omp_get_max_threads() != threads) omp_set_num_threads(static_cast<int>(threads));
   std::shared_ptr<Plan> plan;
   try {
     plan = GetPlan(pass, g);
@@ -201,28 +208,29 @@ Operand Of(ffi::Buffer<ffi::F32>& b) { return {static_cast<char*>(b.untyped_data
 Operand Of(ffi::ResultBuffer<ffi::F32>& b) { return {static_cast<char*>(b->untyped_data()), b->dimensions()}; }
 
 ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
-                   ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
-  return RunBatched(kFwd, Of(x), Of(w), Of(y), strides, padding);
+                   ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding, int64_t threads) {
+  return RunBatched(kFwd, Of(x), Of(w), Of(y), strides, padding, threads);
 }
 
 ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
-                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
-  return RunBatched(kBwdData, Of(dx), Of(w), Of(dy), strides, padding);
+                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding, int64_t threads) {
+  return RunBatched(kBwdData, Of(dx), Of(w), Of(dy), strides, padding, threads);
 }
 
 ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
-                          ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
-  return RunBatched(kBwdWeights, Of(x), Of(dw), Of(dy), strides, padding);
+                          ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding, int64_t threads) {
+  return RunBatched(kBwdWeights, Of(x), Of(dw), Of(dy), strides, padding, threads);
 }
 
-// The three handlers' signature: two float32 operands, one float32 result, the strides and pads.
+// The three handlers' signature: two float32 operands, one float32 result, the strides, pads and threads.
 auto Binding() {
   return ffi::Ffi::Bind()
       .Arg<ffi::Buffer<ffi::F32>>()
       .Arg<ffi::Buffer<ffi::F32>>()
       .Ret<ffi::Buffer<ffi::F32>>()
       .Attr<ffi::Span<const int64_t>>("strides")
-      .Attr<ffi::Span<const int64_t>>("padding");
+      .Attr<ffi::Span<const int64_t>>("padding")
+      .Attr<int64_t>("threads");
 }
 
 }  // namespace
