@@ -198,8 +198,8 @@ class Config:
                                "D updates; simultaneous: at those before them (simultaneous gradient descent, as "
                                "PacGAN's reference code)", section="optimization", sweep="group")
     g_latents: str = option("fresh", "fresh: the G update draws its own latents; reuse: it uses the last D update's "
-                            "latents (one draw serves both players, as the reference loops of PyTorch's DCGAN and "
-                            "PacGAN)", section="optimization", sweep="group")
+                            "latents and G forward (one draw and one G forward serve both players, as the reference "
+                            "loops of PyTorch's DCGAN and PacGAN)", section="optimization", sweep="group")
     batch_size: int = option(64, "global batch size (per D update)", section="optimization", sweep="group_entry")
     seed: int = option(0, "seed of init, latents and data order", section="optimization")
     ema_decay: float = option(0.0, "EMA decay of G's weights (0: off)", section="optimization", sweep="runtime")

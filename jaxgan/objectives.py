@@ -76,6 +76,9 @@ class Term:
     weight: float = 1.0
     weight_hparam: str | None = None  # if set, the weight is multiplied by hparams[weight_hparam]
     needs_real: bool = False  # a G term that needs D(real)
+    # a G term that runs G itself (``g_fn``) or reads G's auxiliary outputs (``g_aux``): the G update then runs
+    # G's forward for its gradient; otherwise it may reuse the D update's G forward (``g_latents="reuse"``)
+    runs_generator: bool = False
     needs_input_gradients: bool = False  # per-example input gradients of D (refused with BatchNorm in D)
     every: int = 1  # lazy regularization: evaluated when step % every == 0, with its weight times `every`
     # evaluates D through ``d_fn`` (inference mode) on batches of its own, e.g. consistency regularization:
@@ -220,6 +223,10 @@ class Objective:
     @property
     def g_needs_real(self) -> bool:
         return any(t.needs_real for t in self.g_terms)
+
+    @property
+    def g_runs_generator(self) -> bool:
+        return any(t.runs_generator for t in self.g_terms)
 
     @property
     def has_gradient_penalty(self) -> bool:

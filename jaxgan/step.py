@@ -155,6 +155,13 @@ class Game:
             transforms = transforms + (InstanceNoise(anneal_steps=self.instance_noise_anneal_steps),)
         return transforms
 
+    @property
+    def reuses_g_forward(self) -> bool:
+        """The G update differentiates the last D update's G forward (kept as a VJP) instead of running G again:
+        with reused latents it is the same forward (same parameters, latents and noise), unless a G term runs
+        G itself."""
+        return self.g_latents == "reuse" and not self.objective.g_runs_generator
+
     def per_device(self, key):
         """Per-example randomness (input transforms, penalty interpolation): independent on each device."""
         return key if self.axis_name is None else jax.random.fold_in(key, jax.lax.axis_index(self.axis_name))
@@ -232,14 +239,24 @@ def d_update(game: Game, state: GANState, g_model_state, real, real_labels, key,
     """One D update on real minibatch ``real`` [B, ...]; ``counter`` is the D-update count (lazy terms).
 
     Returns (new D player, G's model state after generating the fakes, metrics, (D(real), D(fake)) before the
-    update, (z, fake labels) of the fakes).
+    update, (z, fake labels) of the fakes, and with ``game.reuses_g_forward`` (fakes, VJP of G's parameters ->
+    fakes), else None).
     """
     k_z, k_noise, k_shared = jax.random.split(key, 3)
     k_noise, k_terms = game.per_device(k_noise), game.per_device(k_shared)
     z, fake_labels = sample_latents(game, k_z, real.shape[0])
-    fake, g_model_state = _apply(game.generator, state.g.params, g_model_state, z, fake_labels, train=True,
-                                 rngs=_g_rngs(game, k_z))
-    fake = jax.lax.stop_gradient(split_outputs(fake)[0])
+
+    def generate(g_params):
+        out, new_state = _apply(game.generator, g_params, g_model_state, z, fake_labels, train=True,
+                                rngs=_g_rngs(game, k_z))
+        return split_outputs(out)[0], new_state
+
+    if game.reuses_g_forward:
+        fake, g_vjp, g_model_state = jax.vjp(generate, state.g.params, has_aux=True)
+    else:
+        (fake, g_model_state), g_vjp = generate(state.g.params), None
+    fake = jax.lax.stop_gradient(fake)
+    g_forward = None if g_vjp is None else (fake, g_vjp)
     real, fake = transform_inputs(game, state, k_noise, real, fake)
     g_fn = _g_fn(game, state.g.params, g_model_state, constant=True)
 
@@ -263,12 +280,14 @@ def d_update(game: Game, state: GANState, g_model_state, real, real_labels, key,
     metrics = {**{f"d/{k}": v for k, v in values.items()}, "d/total": total,
                "d/grad_norm": optax.tree.norm(grads), "d/real_output": real_mean,
                "d/fake_output": fake_mean, "wasserstein_estimate": real_mean - fake_mean}
-    return PlayerState(params, d_state, opt_state), g_model_state, metrics, (real_out, fake_out), (z, fake_labels)
+    return (PlayerState(params, d_state, opt_state), g_model_state, metrics, (real_out, fake_out), (z, fake_labels),
+            g_forward)
 
 
-def g_update(game: Game, state: GANState, real, real_labels, key, latents=None):
+def g_update(game: Game, state: GANState, real, real_labels, key, latents=None, g_forward=None):
     """One G update; ``real`` (the last real minibatch, untransformed; transformed here) only where a G term
-    needs D(real).
+    needs D(real); ``latents``: the D update's (z, labels) instead of fresh ones; ``g_forward``: the D update's
+    (fakes, VJP) to differentiate instead of running G again (`Game.reuses_g_forward`).
     Returns (new G player, metrics)."""
     k_z, k_noise, k_shared = jax.random.split(key, 3)
     k_noise, k_terms = game.per_device(k_noise), game.per_device(k_shared)
@@ -277,10 +296,7 @@ def g_update(game: Game, state: GANState, real, real_labels, key, latents=None):
     if game.objective.g_needs_real:  # D sees real as in the D update: through its input transforms (packing)
         real, = transform_inputs(game, state, jax.random.fold_in(k_noise, 1), real)
 
-    def loss_fn(g_params):
-        out, g_state = _apply(game.generator, g_params, state.g.model_state, z, fake_labels, train=True,
-                              rngs=_g_rngs(game, k_z))
-        fake, g_aux = split_outputs(out)
+    def g_loss(fake, g_aux, g_fn):
         fake, = transform_inputs(game, state, k_noise, fake)
         fake_out, fake_aux = split_outputs(_apply(game.discriminator, d.params, d.model_state, fake, fake_labels,
                                                   True)[0])
@@ -290,12 +306,23 @@ def g_update(game: Game, state: GANState, real, real_labels, key, latents=None):
                                                       True)[0])
         inputs = TermInputs(real_out, fake_out, real, fake, _d_fn(game, d.params, d.model_state), k_terms,
                             state.hparams, real_labels, fake_labels, real_aux, fake_aux, g_aux, state.step,
-                            state.transforms, z, _g_fn(game, g_params, state.g.model_state, constant=False),
-                            game.axis_name, k_shared)
-        total, values = game.objective.evaluate("g", inputs)
-        return total, (values, g_state)
+                            state.transforms, z, g_fn, game.axis_name, k_shared)
+        return game.objective.evaluate("g", inputs)
 
-    (total, (values, g_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g.params)
+    if g_forward is None:
+        def loss_fn(g_params):
+            out, g_state = _apply(game.generator, g_params, state.g.model_state, z, fake_labels, train=True,
+                                  rngs=_g_rngs(game, k_z))
+            fake, g_aux = split_outputs(out)
+            total, values = g_loss(fake, g_aux, _g_fn(game, g_params, state.g.model_state, constant=False))
+            return total, (values, g_state)
+
+        (total, (values, g_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g.params)
+    else:  # the chain rule through the D update's G forward: d loss / d fake, then G's VJP
+        fake, g_vjp = g_forward
+        (total, values), d_fake = jax.value_and_grad(lambda f: g_loss(f, None, None), has_aux=True)(fake)
+        grads, = g_vjp(d_fake)
+        g_state = state.g.model_state
     grads = _pmean(grads, game.axis_name)
     if latents is not None:
         # Reused latents: this forward repeats the D update's (same parameters, same z), whose state updates
@@ -398,7 +425,9 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module, objective: O
         "simultaneous": at those before them, as in simultaneous gradient descent (PacGAN's reference code).
       g_latents: "fresh" (default): the G update draws its own latents; "reuse": it uses the last D update's
         latents and labels (one draw serves both players, as in the reference loops of PyTorch's DCGAN example
-        and PacGAN; G's forward pass is recomputed, with gradients).
+        and PacGAN). Unless a G term runs G itself (zCR, path length), the G update then differentiates the D
+        update's G forward (kept as a VJP) instead of running G again: the reference loops' one G forward per
+        step, the same gradient as a second forward would give.
     Metrics (scalars): ``d/<term>``, ``g/<term>``, ``d/total``, ``g/total``, ``d/grad_norm``,
     ``g/grad_norm``, ``d/real_output``, ``d/fake_output``, ``wasserstein_estimate`` (mean D(real) - mean
     D(fake), the critic's W1 estimate for Wasserstein losses), the input transforms' (``instance_noise``),
@@ -422,14 +451,14 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module, objective: O
         # while loop ~25x slower (measured with the digits classifier), and n_critic is small and static.
         d_player, g_model_state = state.d, state.g.model_state
         for i, d_key_i in enumerate(jax.random.split(d_key, n_critic)):
-            d_player, g_model_state, d_metrics, d_outputs, latents = d_update(
+            d_player, g_model_state, d_metrics, d_outputs, latents, g_forward = d_update(
                 game, state.replace(d=d_player), g_model_state, x[i], None if labels is None else labels[i],
                 d_key_i, state.step * n_critic + i)
         state = state.replace(d=d_player, g=state.g.replace(model_state=g_model_state))
         transforms, t_metrics = update_transforms(game, state, d_outputs)
         g_state = state if update_order == "alternating" else state.replace(d=d_before)
         g_player, g_metrics = g_update(game, g_state, x[-1], None if labels is None else labels[-1], g_key,
-                                       latents if g_latents == "reuse" else None)
+                                       *((latents, g_forward) if g_latents == "reuse" else ()))
         ema = ema_update(state.g_ema_params, g_player.params, state.step, state.hparams, ema_start)
         metrics = _pmean({**d_metrics, **t_metrics, **g_metrics}, axis_name)
         metrics["finite"] = finite_flag(metrics, g_player.params, d_player.params)

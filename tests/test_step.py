@@ -11,6 +11,7 @@ import pytest
 from jaxgan import experiment, objectives
 from jaxgan import step as step_lib
 from jaxgan.experiment import Config
+from jaxgan.models import onednn
 from jaxgan.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from jaxgan.state import get_learning_rate, init_gan_state
 from jaxgan.step import make_train_step
@@ -252,6 +253,39 @@ def test_simultaneous_updates_take_g_gradient_at_d_before_its_update_and_reuse_i
     assert abs(float(fresh_m["g/loss"]) + float(fresh_m["d/fake_output"])) > 1e-4
     with pytest.raises(experiment.ConfigError, match="--update_order='sim' is not one of"):
         experiment.validate(dataclasses.replace(SMALL, update_order="sim"))
+
+
+def test_reused_latents_differentiate_the_d_update_g_forward():
+    """--g_latents=reuse: the G update differentiates the D update's G forward (kept as a VJP: one G forward per
+    step, as the reference loops); its update equals the one through a second G forward, which a G term that
+    runs G itself (``runs_generator``) forces. DCGAN with BatchNorm in G and D, one step, float32."""
+    config = Config(dataset="digits", model="dcgan", image_size=32, channels=1, width=8, latent_dim=16,
+                    batch_size=8, g_latents="reuse")
+    exp = experiment.build(config, num_classes=0)
+    probe = objectives.Objective((objectives.Term(
+        "probe", "g", lambda t: 0.0 * jnp.sum(t.g_fn(t.latents, t.fake_labels)), runs_generator=True),))
+    forced = dataclasses.replace(exp, objective=exp.objective + probe)
+    state = exp.init(jax.random.key(0))
+    batch = {"x": np.random.default_rng(0).uniform(-1, 1, (1, 8, 32, 32, 1)).astype(np.float32)}
+    reused_step, forced_step = exp.train_step(), forced.train_step()
+    assert step_lib.Game(exp.generator, exp.discriminator, exp.objective, None, None, g_latents="reuse"
+                         ).reuses_g_forward
+    assert not step_lib.Game(exp.generator, exp.discriminator, forced.objective, None, None, g_latents="reuse"
+                             ).reuses_g_forward
+    reused, reused_m = jax.jit(reused_step)(state, batch)
+    again, again_m = jax.jit(forced_step)(state, batch)
+    np.testing.assert_allclose(float(reused_m["g/loss"]), float(again_m["g/loss"]), rtol=1e-6)
+    for a, b in zip(leaves(reused.g.params), leaves(again.g.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    for a, b in zip(leaves(reused.g.model_state), leaves(again.g.model_state)):
+        np.testing.assert_array_equal(a, b)
+    fresh_step = jax.jit(experiment.build(dataclasses.replace(config, g_latents="fresh"), num_classes=0).train_step())
+    fresh, _ = fresh_step(state, batch)
+    assert max(np.abs(a - b).max() for a, b in zip(leaves(fresh.g.params), leaves(reused.g.params))) > 1e-6
+    if onednn.available():  # G's four transposed convolutions (oneDNN backward-data calls) run forward once
+        calls = [step.lower(state, batch).compile().as_text().count("ConvBwdData")
+                 for step in (fresh_step, jax.jit(reused_step))]
+        assert calls[0] - calls[1] == 4, calls
 
 
 def test_reused_latents_update_g_batch_norm_statistics_once_per_step():

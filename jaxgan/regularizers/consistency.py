@@ -92,5 +92,5 @@ def zcr(d_weight: float = 5.0, g_weight: float = 0.5, sigma: float = 0.05) -> Ob
     if d_weight:
         objective += Objective((Term("zcr", "d", zcr_d, per_example_d=True),)).weighted_by("zcr_d_weight", d_weight)
     if g_weight:
-        objective += Objective((Term("zcr", "g", zcr_g),)).weighted_by("zcr_g_weight", g_weight)
+        objective += Objective((Term("zcr", "g", zcr_g, runs_generator=True),)).weighted_by("zcr_g_weight", g_weight)
     return objective

@@ -96,10 +96,10 @@ def path_length(weight: float = 2.0, every: int = EVERY, decay: float = DECAY,
                 batch_shrink: int = BATCH_SHRINK) -> Objective:
     """G terms ``path_length`` (weight ``hparams["path_length_weight"]``, default ``weight``) and the metric-only
     ``path_length_update``, both every ``every`` G steps."""
-    terms = (Term("path_length", "g", lambda t: penalty(t, decay, batch_shrink)),)
+    terms = (Term("path_length", "g", lambda t: penalty(t, decay, batch_shrink), runs_generator=True),)
     objective = Objective(terms).weighted_by("path_length_weight", weight)
     update = Objective((Term("path_length_update", "g", lambda t: mean_update(t, decay, batch_shrink),
-                             metric_only=True),))
+                             metric_only=True, runs_generator=True),))
     return (objective + update).every(every)
 
 
