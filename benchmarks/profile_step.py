@@ -101,8 +101,7 @@ def main(argv=None):
     profile_jax(runner, steps, top)
     if args.compare_torch:
         counts = tuple(step_throughput.count_params(t) for t in (runner.state.g.params, runner.state.d.params))
-        model = step_throughput.make_torch_twin(args, exp, counts)
-        if model is not None:
+        for model in step_throughput.make_torch_twins(args, exp, counts).values():
             profile_torch(step_throughput.torch_runner(model, args), steps, top, model.device.type == "cuda")
 
 

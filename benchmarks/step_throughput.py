@@ -40,8 +40,10 @@ otherwise) builds the identical network and step in PyTorch eager (``benchmarks/
 ``cudnn.benchmark``; else CPU), in the same ``--compute_dtype`` (bfloat16 = ``torch.autocast``), asserts equal
 parameter counts, and alternates timed blocks of jaxgan and torch in this process (same load on the shared
 machine), printing both medians and the paired ratio (median of per-block-pair ratios).
-``--torch_variant=examples`` times the pytorch/examples loop instead (DCGAN; one G forward per step; jaxgan's
-step samples fresh latents for the G update).
+The torch steps timed are ``--torch_variant`` (default ``jaxgan,examples``): ``jaxgan`` is jaxgan's step
+(fresh latents and a second G forward for the G update), ``examples`` the pytorch/examples reference loop (DCGAN;
+the D update's fake serves the G update: one G forward per step), the schedule of jaxgan's
+``--set g_latents=reuse``. The JSON's flat torch fields are the first variant's; ``torch_by_variant`` has each.
 
 ``--peak`` measures an 8192^3 matmul in ``--compute_dtype`` (JAX's default precision: TF32 for float32 on
 Ampere/Hopper GPUs) and reports the fraction of it, and of the datasheet peak for H100/H200, that each step reaches
@@ -118,7 +120,9 @@ def parse_args(argv=None):
     p.add_argument("--block_steps", type=int, default=0, help="steps per block (0: from --block_sec)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls after compilation")
     p.add_argument("--compare_torch", action="store_true")
-    p.add_argument("--torch_variant", default="jaxgan", choices=["jaxgan", "examples"])
+    p.add_argument("--torch_variant", default="jaxgan,examples",
+                   help="comma-separated torch steps to time: jaxgan (jaxgan's step), examples (the pytorch/examples "
+                        "reference loop: one G forward per step; DCGAN only)")
     p.add_argument("--torch_channels_last", action="store_true")
     p.add_argument("--torch_threads", type=int, default=0, help="0: torch's default")
     p.add_argument("--peak", action="store_true",
@@ -126,6 +130,12 @@ def parse_args(argv=None):
                         "(and of the datasheet peak, for known GPUs) that the step reaches")
     p.add_argument("--seed", type=int, default=None, help="default: 0")
     args = p.parse_args(argv)
+    args.torch_variants = [v for v in args.torch_variant.split(",") if v]
+    unknown = sorted(set(args.torch_variants) - {"jaxgan", "examples"})
+    if unknown or not args.torch_variants:
+        print(f"error: --torch_variant={args.torch_variant}: accepted: jaxgan, examples (comma-separated)",
+              file=sys.stderr)
+        sys.exit(2)
     try:
         args.config_fields, args.flagfile_ignored = resolve_config_fields(args)
     except (ValueError, OSError) as e:  # OSError: an unreadable --flagfile
@@ -378,16 +388,17 @@ def count_params(tree) -> int:
 TORCH_TWINS = {"dcgan": ("torch_dcgan", (32, 64, 128)), "sngan": ("torch_sngan", (32, 64, 128))}  # module, sizes
 
 
-def make_torch_twin(args, exp, counts):
-    """The PyTorch twin of the benchmarked network and step on the accelerator JAX uses (else CPU), or None
-    with a message when there is none (model, size or torch missing). Asserts equal parameter counts."""
+def make_torch_twins(args, exp, counts) -> dict:
+    """{torch variant: the PyTorch twin of the benchmarked network and step} on the accelerator JAX uses (else
+    CPU), one per ``--torch_variant`` the model has; empty with a message when there is none (model, size or
+    torch missing). Asserts equal parameter counts."""
     if args.model not in TORCH_TWINS or args.image_size not in TORCH_TWINS[args.model][1]:
         print(f"--compare_torch: --model={args.model} at {args.image_size} px has no torch twin "
               f"(twins: {', '.join(f'{m} {sizes}' for m, (_, sizes) in TORCH_TWINS.items())}); skipped")
-        return None
+        return {}
     if args.model == "dcgan" and args.n_critic != 1:
         print(f"--compare_torch: the DCGAN twin makes one D update per step, not --n_critic={args.n_critic}; skipped")
-        return None
+        return {}
     module_name, _ = TORCH_TWINS[args.model]
     try:
         import importlib
@@ -395,24 +406,30 @@ def make_torch_twin(args, exp, counts):
         twin_module = importlib.import_module(module_name)
     except ImportError as e:
         print(f"--compare_torch: torch is not importable ({e}); skipped (pip install torch)")
-        return None
+        return {}
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
     if device == "cuda":
         torch.backends.cudnn.benchmark = True  # what a tuned PyTorch training script sets
     kw = dict(device=device, compute_dtype=args.compute_dtype)
-    if args.model == "dcgan":
-        model = twin_module.TorchDCGAN(args.image_size, args.channels, exp.generator.latent_dim, exp.generator.ngf,
-                                       variant=args.torch_variant, channels_last=args.torch_channels_last, **kw)
-    else:
-        model = twin_module.TorchSNGAN(args.image_size, args.channels, exp.generator.latent_dim, exp.generator.ch,
-                                       loss=args.loss, n_critic=args.n_critic, **kw)
-    tg, td = twin_module.num_params(model.g), twin_module.num_params(model.d)
-    print(f"torch parameters:  G {tg:,}  D {td:,}  (torch {torch.__version__}, {device}, "
-          f"{torch.get_num_threads()} CPU threads, variant {args.torch_variant})")
-    assert (tg, td) == tuple(counts), f"parameter counts differ: torch {(tg, td)} vs jaxgan {tuple(counts)}"
-    return model
+    models = {}
+    for variant in args.torch_variants:
+        if args.model == "dcgan":
+            models[variant] = twin_module.TorchDCGAN(args.image_size, args.channels, exp.generator.latent_dim,
+                                                     exp.generator.ngf, variant=variant,
+                                                     channels_last=args.torch_channels_last, **kw)
+        elif variant == "jaxgan":
+            models[variant] = twin_module.TorchSNGAN(args.image_size, args.channels, exp.generator.latent_dim,
+                                                     exp.generator.ch, loss=args.loss, n_critic=args.n_critic, **kw)
+        else:
+            print(f"--compare_torch: --model={args.model} has no torch variant {variant!r}; skipped")
+    for variant, model in models.items():
+        tg, td = twin_module.num_params(model.g), twin_module.num_params(model.d)
+        print(f"torch parameters:  G {tg:,}  D {td:,}  (torch {torch.__version__}, {device}, "
+              f"{torch.get_num_threads()} CPU threads, variant {variant})")
+        assert (tg, td) == tuple(counts), f"parameter counts differ: torch {(tg, td)} vs jaxgan {tuple(counts)}"
+    return models
 
 
 def torch_runner(model, args):
@@ -483,9 +500,7 @@ def main(argv=None):
     d_params = count_params(next(iter(runners.values())).state.d.params)
     print(f"jaxgan parameters: G {g_params:,}  D {d_params:,}")
 
-    torch_model = make_torch_twin(args, exp, (g_params, d_params)) if args.compare_torch else None
-    if torch_model is not None:
-        torch_run = torch_runner(torch_model, args)
+    torch_models = make_torch_twins(args, exp, (g_params, d_params)) if args.compare_torch else {}
     # warm up and size the blocks: each block ~ --block_sec
     fns, calls_per_block, steps_per_call = {}, {}, {}
     for name, r in runners.items():
@@ -493,11 +508,12 @@ def main(argv=None):
         dt = time_block(r.run, 1)
         fns[name], steps_per_call[name] = r.run, r.k
         calls_per_block[name] = args.block_steps // r.k if args.block_steps else max(1, round(args.block_sec / dt))
-    if torch_model is not None:
+    for variant, model in torch_models.items():
+        name, torch_run = f"torch {variant}", torch_runner(model, args)
         torch_run(2)
         dt = time_block(torch_run, 1)
-        fns["torch"], steps_per_call["torch"] = torch_run, 1
-        calls_per_block["torch"] = args.block_steps or max(1, round(args.block_sec / dt))
+        fns[name], steps_per_call[name] = torch_run, 1
+        calls_per_block[name] = args.block_steps or max(1, round(args.block_sec / dt))
 
     rates = {name: [] for name in fns}
     for _ in range(args.blocks):  # interleaved: one block of each, in turn
@@ -529,21 +545,26 @@ def main(argv=None):
     if len(ks) > 1:
         result["steps_per_sec_by_k"] = {str(r.k): round(statistics.median(rates[n]), 4) for n, r in runners.items()}
         result["compile_sec_by_k"] = {str(r.k): round(r.compile_sec, 3) for r in runners.values()}
-    if torch_model is not None:
-        tps = statistics.median(rates["torch"])
-        paired = [a / b for a, b in zip(rates[main_name], rates["torch"])]
-        print(f"\nratio jaxgan/torch: {sps / tps:.3f} (medians), paired {statistics.median(paired):.3f} "
+    by_variant = {}
+    for variant, model in torch_models.items():
+        tps = statistics.median(rates[f"torch {variant}"])
+        paired = [a / b for a, b in zip(rates[main_name], rates[f"torch {variant}"])]
+        print(f"\nratio jaxgan/torch {variant}: {sps / tps:.3f} (medians), paired {statistics.median(paired):.3f} "
               f"(min {min(paired):.3f}, max {max(paired):.3f}) over {len(paired)} interleaved block pairs")
-        result.update(torch_steps_per_sec=round(tps, 4), torch_images_per_sec=round(tps * images_per_step, 2),
-                      ratio=round(sps / tps, 4), paired_ratio=round(statistics.median(paired), 4),
-                      torch_variant=args.torch_variant, torch_channels_last=args.torch_channels_last,
-                      torch_device=str(torch_model.device))
+        by_variant[variant] = dict(torch_steps_per_sec=round(tps, 4), torch_images_per_sec=round(tps * images_per_step, 2),
+                                   ratio=round(sps / tps, 4), paired_ratio=round(statistics.median(paired), 4))
+    if by_variant:  # the flat fields: the first variant's (jaxgan's own step by default)
+        first = next(iter(torch_models))
+        result.update(**by_variant[first], torch_variant=first, torch_by_variant=by_variant,
+                      torch_channels_last=args.torch_channels_last,
+                      torch_device=str(torch_models[first].device))
     if args.peak:
         peak = matmul_tflops(args.compute_dtype, n=8192 if device.platform != "cpu" else 2048)
         sheet = datasheet_tflops(device.device_kind, args.compute_dtype)
         achieved = {"jaxgan": sps * (r0.flops_per_step or float("nan")) / 1e12}
-        if torch_model is not None:
-            achieved["torch"] = statistics.median(rates["torch"]) * (r0.flops_per_step or float("nan")) / 1e12
+        for variant in torch_models:
+            achieved[f"torch {variant}"] = (statistics.median(rates[f"torch {variant}"])
+                                            * (r0.flops_per_step or float("nan")) / 1e12)
         print(f"\nmatmul peak ({args.compute_dtype}, measured): {peak:.1f} TFLOP/s"
               + (f"; datasheet {sheet:.1f}" if sheet else ""))
         for name, tf in achieved.items():
@@ -552,8 +573,8 @@ def main(argv=None):
         result.update(matmul_peak_tflops=round(peak, 4), datasheet_peak_tflops=sheet,
                       fraction_of_peak=round(achieved["jaxgan"] / peak, 4),
                       fraction_of_datasheet_peak=None if not sheet else round(achieved["jaxgan"] / sheet, 4))
-        if "torch" in achieved:
-            result.update(torch_fraction_of_peak=round(achieved["torch"] / peak, 4))
+        if torch_models:
+            result.update(torch_fraction_of_peak=round(achieved[f"torch {next(iter(torch_models))}"] / peak, 4))
     print(json.dumps(result))
     return result
 

@@ -230,10 +230,10 @@ def test_step_throughput_reports_consistent_figures(capsys):
     """The benchmark end to end on a tiny DCGAN: its JSON line agrees with itself and with `network_flops`."""
     import step_throughput
     twin_args = step_throughput.parse_args(["--model=sagan", "--image_size=32", "--compare_torch"])
-    assert step_throughput.make_torch_twin(twin_args, None, (0, 0)) is None  # no twin: skipped with a message
+    assert step_throughput.make_torch_twins(twin_args, None, (0, 0)) == {}  # no twin: skipped with a message
     assert "--model=sagan at 32 px has no torch twin" in capsys.readouterr().out
     twin_args = step_throughput.parse_args(["--model=dcgan", "--n_critic=2", "--compare_torch"])
-    assert step_throughput.make_torch_twin(twin_args, None, (0, 0)) is None  # its step has one D update
+    assert step_throughput.make_torch_twins(twin_args, None, (0, 0)) == {}  # its step has one D update
     assert "not --n_critic=2; skipped" in capsys.readouterr().out
     r = step_throughput.main(["--model=dcgan", "--image_size=32", "--channels=1", "--width=4", "--batch_size=4",
                               "--blocks=2", "--block_steps=2", "--warmup=1", "--peak"])
@@ -323,3 +323,8 @@ def test_step_throughput_config_from_flagfile_options_and_set(capsys):
             step_throughput.parse_args(bad)
         err = capsys.readouterr().err.strip().splitlines()
         assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: --set")
+    with pytest.raises(SystemExit) as e:
+        step_throughput.parse_args(["--torch_variant=jaxgan,both"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err == ["error: --torch_variant=jaxgan,both: accepted: jaxgan, examples "
+                                         "(comma-separated)"]
