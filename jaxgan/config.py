@@ -86,7 +86,7 @@ class Config:
                                        section="model", sweep="shape")
     conv_impl: str = option("auto", "convolution implementation of the image models: auto (oneDNN on cpu where it "
                             "can run, else the fastest XLA formulation per pass), xla (plain XLA convolutions), "
-                            "dnnl (oneDNN, cpu float32 only)", section="model",
+                            "dnnl (oneDNN, cpu float32 and bfloat16)", section="model",
                             resume=True)  # the same convolutions by other kernels (rounding differs)
     compute_dtype: str = option("float32", "float32 | bfloat16: activations and matmuls of the image models; "
                                 "parameters, optimizer state, losses and penalties stay float32", section="model")

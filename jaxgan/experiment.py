@@ -309,14 +309,11 @@ def _validate_performance(config: Config) -> None:
 
 
 def _validate_conv_impl(config: Config) -> None:
-    """--conv_impl: one of jaxgan.models.layers.IMPLEMENTATIONS; "dnnl" needs float32 and oneDNN here."""
+    """--conv_impl: one of jaxgan.models.layers.IMPLEMENTATIONS; "dnnl" needs oneDNN here."""
     from jaxgan import native
     from jaxgan.models import layers, onednn
     if config.conv_impl not in layers.IMPLEMENTATIONS:
         raise ConfigError(f"--conv_impl={config.conv_impl!r} is not one of {', '.join(layers.IMPLEMENTATIONS)}")
-    if config.conv_impl == "dnnl" and config.compute_dtype != "float32":
-        raise ConfigError(f"--conv_impl=dnnl runs float32 convolutions only, not --compute_dtype="
-                          f"{config.compute_dtype}; use --conv_impl=auto")
     if config.conv_impl == "dnnl" and not (jax.default_backend() == "cpu" and onednn.available()):
         why = native.why_unavailable("onednn_conv") or "extension available"
         raise ConfigError(f"--conv_impl=dnnl needs the cpu backend and jaxgan's oneDNN extension ("

@@ -250,7 +250,6 @@ def test_conv_impl_errors_and_python_default(monkeypatch):
   from jaxgan import experiment
   base = experiment.Config(dataset="digits", model="dcgan", image_size=32, channels=1, width=4, batch_size=4)
   bad = [(dict(conv_impl="fast"), r"^--conv_impl='fast' is not one of auto, xla, dnnl$"),
-         (dict(conv_impl="dnnl", compute_dtype="bfloat16"), r"^--conv_impl=dnnl runs float32 convolutions only"),
          (dict(dataset="ring8", model="mlp", conv_impl="xla"),
           r"^--conv_impl=xla has no effect")]
   monkeypatch.setattr(onednn, "available", lambda: False)

@@ -183,9 +183,11 @@ def test_layers_use_onednn_where_supported():
           jax.random.key(0), x)[0]).lower(x).as_text()
   assert "JaxganOnednnConvFwd" in program("auto") and "JaxganOnednnConvFwd" in program("dnnl")
   assert "JaxganOnednn" not in program("xla")
-  assert "JaxganOnednn" not in program("auto", jnp.bfloat16)  # only float32: bfloat16 stays on XLA
-  with pytest.raises(ValueError, match="implementation='dnnl' needs float32"):
-    program("dnnl", jnp.bfloat16)
+  for impl in ("auto", "dnnl"):  # bfloat16 compute: parameters cast to bfloat16, the conv on oneDNN in bfloat16
+    assert "JaxganOnednnConvFwd" in program(impl, jnp.bfloat16)
+    assert "tensor<4x4x3x4xbf16>) -> tensor<2x4x4x4xbf16>" in program(impl, jnp.bfloat16)
+  with pytest.raises(ValueError, match="implementation='dnnl' needs float32 or bfloat16"):
+    program("dnnl", jnp.float16)
   negative = layers.ConvTranspose(4, (3, 3), strides=(2, 2), padding=((0, 1), (3, -1)), implementation="dnnl")
   with pytest.raises(ValueError, match="non-negative paddings"):  # a crop: oneDNN cannot, XLA can ("auto")
     negative.init(jax.random.key(0), jnp.ones((1, 4, 5, 3)))
@@ -294,3 +296,103 @@ def test_each_device_of_a_data_parallel_program_gets_its_share_of_the_threads(mo
     want = jax.grad(xla_loss, argnums=(0, 1))(x[2 * half:2 * half + 2], w)
     np.testing.assert_allclose(dx[2 * half:2 * half + 2], want[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dw[3 * half:3 * half + 3], want[1], rtol=1e-5, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bfloat16: operands and results bf16, accumulation in float32 (the weight gradient on widened float32 operands).
+# ---------------------------------------------------------------------------------------------------------------
+BF16_ULP = 2.0 ** -7  # bfloat16 keeps 8 significant bits: rounding to it moves a value by at most 2^-8 of itself
+
+
+def _assert_bf16_close(mine, ref, ulps):
+  """|mine - ref| <= ulps * 2^-7 |ref| elementwise, plus 1e-4 of max |ref| for the float32 accumulation's
+  rounding where terms cancel (a result near 0). One rounding of the exact value to bfloat16 is within 0.5 ulp;
+  a bfloat16 accumulation (rounding every partial sum) would miss that bound by several ulps."""
+  assert mine.dtype == jnp.bfloat16 and mine.shape == ref.shape
+  mine, ref = np.asarray(mine, np.float64), np.asarray(ref, np.float64)
+  err = np.abs(mine - ref) - ulps * BF16_ULP * np.abs(ref) - 1e-4 * np.max(np.abs(ref))
+  assert np.max(err) <= 0, (np.max(err), np.max(np.abs(mine - ref) / (np.abs(ref) + 1e-30)))
+
+
+def _bf16(rng, shape):
+  return jnp.asarray(rng.normal(size=shape), jnp.bfloat16)
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", [0, 2, 3])
+def test_bfloat16_passes_match_float64_and_xla(case):
+  """Each pass and the transposed conv in bfloat16: within half an ulp (one rounding) of float64 NumPy on the
+  same bfloat16 inputs, and within one ulp of XLA's bfloat16 convolutions (each rounded once)."""
+  xs, ws, s, pads = GEOMETRIES[case]
+  rng = np.random.default_rng(case)
+  x, w = _bf16(rng, xs), _bf16(rng, ws)
+  y_xla, vjp = jax.vjp(lambda x, w: _xla(x, w, s, pads), x, w)
+  g = _bf16(rng, y_xla.shape)
+  tw = _bf16(rng, (*ws[:2], ws[3], ws[2]))  # convt of g back to x's channels
+  tpads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(ws[:2], pads))
+
+  @jax.jit
+  def passes(x, w, g, tw):
+    return (onednn.conv(x, w, s, pads), onednn.conv_input_grad(g, w, s, pads, xs[1:3]),
+            onednn.conv_kernel_grad(x, g, s, pads, ws[:2]), onednn.convt(g, tw, s, tpads),
+            layers.convt_xla(g, tw, s, tpads))
+
+  y, dx, dw, t, t_xla = passes(x, w, g, tw)
+  for mine, ref in zip((y, dx, dw), _numpy_passes(x, w, g, s, pads)):
+    _assert_bf16_close(mine, ref, ulps=0.5)
+  for mine, ref in zip((y, dx, dw, t), (y_xla, *vjp(g), t_xla)):
+    _assert_bf16_close(mine, ref, ulps=1)
+
+
+@needs_onednn
+def test_bfloat16_gradients_and_vmap_match_xla():
+  """jax.grad of a float32 loss of bfloat16 convolutions (the cotangent is rounded to bf16 at the conv, as
+  for XLA's), per model under vmap (batched operands and a broadcast one), and the vmapped forward."""
+  s, pads = (2, 2), ((1, 1), (1, 1))
+  rng = np.random.default_rng(5)
+  x, w, c = _bf16(rng, (3, 2, 8, 8, 3)), _bf16(rng, (3, 4, 4, 3, 5)), jnp.asarray(rng.normal(size=(2, 4, 4, 5)))
+  loss = lambda f: lambda x, w: jnp.sum(f(x, w, s, pads).astype(jnp.float32) * c)
+  grads = lambda f, axes: jax.jit(jax.vmap(jax.grad(loss(f), (0, 1)), axes))
+  for axes, w_ in (((0, 0), w), ((0, None), w[0])):
+    for mine, ref in zip(grads(onednn.conv, axes)(x, w_), grads(_xla, axes)(x, w_)):
+      # a broadcast kernel's gradient: XLA folds the models into one conv (one rounding); here the per-model
+      # bfloat16 gradients are summed (one more rounding)
+      _assert_bf16_close(mine, ref, ulps=1 if mine.ndim == 5 else 2)
+  fwd = lambda f: jax.jit(jax.vmap(lambda x, w: f(x, w, s, pads)))
+  _assert_bf16_close(fwd(onednn.conv)(x, w), fwd(_xla)(x, w), ulps=1)
+
+
+@needs_onednn
+def test_bfloat16_dcgan_step_runs_its_convolutions_on_onednn():
+  """--compute_dtype=bfloat16: every convolution of the DCGAN train step (G and D, forward and both
+  gradients) is a oneDNN custom call on bfloat16 operands, none an XLA convolution; parameters stay float32."""
+  import re
+
+  from jaxgan import experiment
+  config = experiment.Config(dataset="digits", model="dcgan", image_size=32, channels=1, width=8, batch_size=8,
+                             compute_dtype="bfloat16")
+  exp = experiment.build(config)
+  state = exp.init(jax.random.key(0))
+  text = jax.jit(exp.train_step()).lower(state, {"x": jnp.zeros((1, 8, 32, 32, 1))}).as_text()
+  calls = re.findall(r"@jaxgan_JaxganOnednnConv(\w+)\(.*\} : \((tensor<\S+>), (tensor<\S+>)\) -> (tensor<\S+>)",
+                     text)
+  assert {name for name, *_ in calls} == {"Fwd", "BwdData", "BwdWeights"}
+  assert all(t.endswith("xbf16>") for _, *types in calls for t in types), calls
+  assert "convolution" not in text
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.g.params))
+
+
+@needs_onednn
+def test_mixed_dtypes_never_reach_onednn():
+  """A bfloat16 input with a float32 kernel (the function form does not promote; Conv/ConvTranspose do): not
+  for oneDNN ('dnnl' refuses, 'auto' takes XLA's path, which rejects mixed dtypes as lax.conv does); float16 is
+  not a oneDNN dtype here."""
+  x, w = jnp.ones((2, 8, 8, 3), jnp.bfloat16), jnp.ones((4, 4, 3, 5), jnp.float32)
+  s, pads = (2, 2), ((1, 1), (1, 1))
+  assert not onednn.supported("conv", x, w, s, pads) and not onednn.supported("convt", x, w, s, pads)
+  assert onednn.supported("conv", x, w.astype(jnp.bfloat16), s, pads)
+  assert not onednn.supported("conv", x.astype(jnp.float16), w.astype(jnp.float16), s, pads)
+  with pytest.raises(ValueError, match="jaxgan_conv_fwd: operand dtypes differ"):
+    layers.conv(x, w, s, pads, implementation="auto")
+  with pytest.raises(ValueError, match="input and kernel of one dtype"):
+    layers.conv(x, w, s, pads, implementation="dnnl")

@@ -15,9 +15,10 @@ or model-wide choice "auto", "xla" or "dnnl" of `set_default_implementation` / `
   linear transpose of D and the weight gradient (wgrad) with that of W (three bilinear primitives,
   `jaxgan.models.conv_passes`).
 * ``"dnnl"``  -- oneDNN's convolution kernels through XLA FFI custom calls (``jaxgan.models.onednn``,
-  ``jaxgan/native``): cpu, float32, non-negative paddings; raises where it cannot run. Not mixed with the others.
-* ``"auto"``  -- on cpu ``"dnnl"`` wherever it can run (float32, extension built), else the per-pass rule
-  below; on gpu/tpu (``jax.default_backend()``) ``"xla"``, except ``"xla/xla/corr"`` for strided transposed
+  ``jaxgan/native``): cpu, float32 or bfloat16 (input and kernel of one dtype), non-negative paddings; raises
+  where it cannot run. Not mixed with the others.
+* ``"auto"``  -- on cpu ``"dnnl"`` wherever it can run (float32 or bfloat16, extension built), else the per-pass
+  rule below; on gpu/tpu (``jax.default_backend()``) ``"xla"``, except ``"xla/xla/corr"`` for strided transposed
   convs (`_auto_accelerator`: XLA:GPU's own weight gradient of those materialises the dilated input; the GPU
   measurement is in docs/performance.md).
 
@@ -265,8 +266,8 @@ def _auto_cpu(kind, s, cin, cout, hw):
 def _resolve(impl, kind, s, cin, cout, hw, native=False):
   """impl -> [fwd, dgrad, wgrad] names; `native`: oneDNN can run this call (onednn.supported)."""
   if impl == "dnnl" and not native:
-    raise ValueError("implementation='dnnl' needs float32 on the cpu backend, non-negative paddings and the "
-                     "oneDNN extension (jaxgan.native: "
+    raise ValueError("implementation='dnnl' needs float32 or bfloat16 (input and kernel of one dtype) on the cpu "
+                     "backend, non-negative paddings and the oneDNN extension (jaxgan.native: "
                      f"{native_ext.why_unavailable('onednn_conv') or 'available'}); use 'auto' to fall back")
   if impl == "auto":
     if native:

@@ -16,9 +16,10 @@ products and gradient penalties nest to any order, and every derivative program 
 calls and no other convolution. A transposed convolution is ``conv_input_grad`` of a convolution with the
 kernel flipped and its in/out channels swapped (``convt``).
 
-Only float32 on the cpu backend, non-negative paddings (``supported``); ``available()`` says whether the
-extension could be built and loaded. Under ``jax.vmap`` the custom calls get leading batch dimensions
-(``jax.ffi.ffi_call``'s ``vmap_method="expand_dims"`` semantics) and run one convolution per batch element.
+Float32 or bfloat16 (both operands of one dtype, which the result has too; in bfloat16 oneDNN accumulates in
+float32 and rounds the result once) on the cpu backend, non-negative paddings (``supported``); ``available()``
+says whether the extension could be built and loaded. Under ``jax.vmap`` the custom calls get leading batch
+dimensions (``jax.ffi.ffi_call``'s ``vmap_method="expand_dims"`` semantics) and run one convolution per batch element.
 A program on one device runs them on every core; a program on N (simulated) CPU devices gives each device's
 calls its share of the cores (``threads_per_device``).
 """
@@ -37,6 +38,7 @@ from jaxgan.models import conv_passes
 
 _TARGETS = {"fwd": "JaxganOnednnConvFwd", "dgrad": "JaxganOnednnConvBwdData",
             "wgrad": "JaxganOnednnConvBwdWeights"}
+_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 
 @functools.cache
@@ -53,8 +55,9 @@ def available() -> bool:
 
 
 def supported(kind: str, x, w, s, pads) -> bool:
-  """Whether conv ("conv") or convt ("convt") of these float32 arrays can run here on oneDNN."""
-  if x.dtype != jnp.float32 or w.dtype != jnp.float32 or x.ndim != 4 or w.ndim != 4 or 0 in x.shape + w.shape:
+  """Whether conv ("conv") or convt ("convt") of these arrays (both float32 or both bfloat16) can run here on
+  oneDNN."""
+  if x.dtype != w.dtype or x.dtype not in _DTYPES or x.ndim != 4 or w.ndim != 4 or 0 in x.shape + w.shape:
     return False
   if kind == "convt":
     pads, out = _convt_as_conv(x.shape[1:3], w.shape[:2], s, pads)
@@ -107,7 +110,7 @@ def _out_hw(hw, k, s, pads):
 
 
 def conv(x, w, s, pads):
-  """y = lax.conv_general_dilated(x, w, s, pads) (NHWC, HWIO); x, w float32."""
+  """y = lax.conv_general_dilated(x, w, s, pads) (NHWC, HWIO); x, w both float32 or both bfloat16."""
   _check()
   return _PASSES.fwd(x, w, conv_passes.Geometry.of("conv", x.shape, w.shape, s, pads))
 

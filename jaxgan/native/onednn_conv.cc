@@ -1,4 +1,4 @@
-// oneDNN 2-D convolutions as XLA:CPU FFI custom calls (float32, NHWC activations, HWIO kernels).
+// oneDNN 2-D convolutions as XLA:CPU FFI custom calls (float32 or bfloat16, NHWC activations, HWIO kernels).
 //
 // One strided, padded convolution  y[n, i, o] = sum_{k, c} xpad[n, s*i + k, c] w[k, c, o]  and its two
 // adjoints; every convolution pass of jaxgan.models.layers (Conv and ConvTranspose, forward, input gradient,
@@ -11,6 +11,8 @@
 // device's program on its own thread; giving each its share of the cores keeps N devices from running N teams
 // of all-core threads that spin against each other (the OpenMP thread count is a per-thread setting).
 // Leading dimensions before the last four are a batch (jax.vmap; see RunBatched).
+// Dtypes: the two operands and the result are all float32 or all bfloat16. In bfloat16 oneDNN accumulates in
+// float32; the weight gradient is computed in float32 and rounded once into the bfloat16 result.
 // Primitives are built once per shape and cached; oneDNN chooses the kernel's weight layout ("any") and
 // the HWIO weights are reordered into it (weights are small next to activations, which stay NHWC).
 #include <algorithm>
@@ -40,6 +42,7 @@ dnnl::engine& Engine() {
 }
 
 struct Geometry {
+  memory::data_type dt;  // of operands and result: f32 or bf16
   memory::dim n, c, h, w, o, kh, kw, ho, wo;
   memory::dims strides, pad_l, pad_r;
 };
@@ -51,11 +54,15 @@ struct Plan {
   memory::desc scratchpad;         // per execution (user mode): concurrent calls never share one
   bool reorder = false;
   dnnl::reorder weights_reorder;   // user -> primitive (fwd, bwd data) or primitive -> user (bwd weights)
+  bool widen = false;              // bf16 bwd weights: src and dst are widened to the primitive's f32 ones
+  memory::desc user_src, user_dst;
+  dnnl::reorder src_widen, dst_widen;
 };
 
 std::string Key(Pass pass, const Geometry& g) {
   // A primitive is built for the thread count it runs with (its scratchpad and work split depend on it).
-  std::string key = std::to_string(pass) + "," + std::to_string(omp_get_max_threads());
+  std::string key = std::to_string(pass) + "," + std::to_string(static_cast<int>(g.dt)) + "," +
+                    std::to_string(omp_get_max_threads());
   for (memory::dim d : {g.n, g.c, g.h, g.w, g.o, g.kh, g.kw, g.ho, g.wo, g.strides[0], g.strides[1],
                         g.pad_l[0], g.pad_l[1], g.pad_r[0], g.pad_r[1]}) {
     key += "," + std::to_string(d);
@@ -63,12 +70,27 @@ std::string Key(Pass pass, const Geometry& g) {
   return key;
 }
 
+// bfloat16 weight gradient: x and dy are widened to float32 (exact) and the float32 kernel computes dw, rounded
+// once into the bfloat16 result (the weights reorder). oneDNN 3.2's bfloat16 weight-gradient kernel (AMX
+// brgconv_bwd_w) is faster alone, but its threads wait for each other often: on a busy 2-core machine it ran
+// 10-500x slower than on one thread and made the DCGAN step slower than in float32 (64x64x3: 0.19 steps/s,
+// against 0.51-0.58 widened and 0.27-0.34 in float32).
+void Widen(Plan* plan, const Geometry& g) {
+  auto& eng = Engine();
+  plan->widen = true;
+  plan->user_src = plan->src;
+  plan->user_dst = plan->dst;
+  plan->src = memory::desc({g.n, g.c, g.h, g.w}, memory::data_type::f32, tag::nhwc);
+  plan->dst = memory::desc({g.n, g.o, g.ho, g.wo}, memory::data_type::f32, tag::nhwc);
+  plan->src_widen = dnnl::reorder(dnnl::reorder::primitive_desc(eng, plan->user_src, eng, plan->src));
+  plan->dst_widen = dnnl::reorder(dnnl::reorder::primitive_desc(eng, plan->user_dst, eng, plan->dst));
+}
+
 std::shared_ptr<Plan> MakePlan(Pass pass, const Geometry& g) {
-  auto f32 = memory::data_type::f32;
-  memory::desc src({g.n, g.c, g.h, g.w}, f32, tag::nhwc);
-  memory::desc dst({g.n, g.o, g.ho, g.wo}, f32, tag::nhwc);
-  memory::desc user_w({g.o, g.c, g.kh, g.kw}, f32, tag::hwio);
-  memory::desc any_w({g.o, g.c, g.kh, g.kw}, f32, tag::any);
+  memory::desc src({g.n, g.c, g.h, g.w}, g.dt, tag::nhwc);
+  memory::desc dst({g.n, g.o, g.ho, g.wo}, g.dt, tag::nhwc);
+  memory::desc user_w({g.o, g.c, g.kh, g.kw}, g.dt, tag::hwio);
+  memory::desc any_w({g.o, g.c, g.kh, g.kw}, g.dt, tag::any);
   auto& eng = Engine();
   auto algo = dnnl::algorithm::convolution_direct;
   dnnl::primitive_attr attr;
@@ -90,8 +112,12 @@ std::shared_ptr<Plan> MakePlan(Pass pass, const Geometry& g) {
     plan->weights = bwd.weights_desc();
     plan->scratchpad = bwd.scratchpad_desc();
   } else {
-    dnnl::convolution_backward_weights::primitive_desc bwd(eng, algo, src, any_w, dst, g.strides, g.pad_l,
-                                                           g.pad_r, fwd, attr);
+    if (g.dt == memory::data_type::bf16) Widen(plan.get(), g);
+    memory::desc any_dw({g.o, g.c, g.kh, g.kw}, memory::data_type::f32, tag::any);
+    dnnl::convolution_forward::primitive_desc hint(eng, dnnl::prop_kind::forward_training, algo, plan->src,
+                                                   any_dw, plan->dst, g.strides, g.pad_l, g.pad_r, attr);
+    dnnl::convolution_backward_weights::primitive_desc bwd(eng, algo, plan->src, any_dw, plan->dst, g.strides,
+                                                           g.pad_l, g.pad_r, hint, attr);
     plan->prim = dnnl::convolution_backward_weights(bwd);
     plan->weights = bwd.diff_weights_desc();
     plan->scratchpad = bwd.scratchpad_desc();
@@ -121,7 +147,17 @@ ffi::Error Run(Pass pass, const std::shared_ptr<Plan>& plan, void* src, void* we
   try {
     auto& eng = Engine();
     dnnl::stream stream(eng);
-    memory src_m(plan->src, eng, src), dst_m(plan->dst, eng, dst);
+    memory src_m, dst_m;
+    if (plan->widen) {  // float32 copies of the bfloat16 operands
+      memory user_src(plan->user_src, eng, src), user_dst(plan->user_dst, eng, dst);
+      src_m = memory(plan->src, eng);
+      dst_m = memory(plan->dst, eng);
+      plan->src_widen.execute(stream, user_src, src_m);
+      plan->dst_widen.execute(stream, user_dst, dst_m);
+    } else {
+      src_m = memory(plan->src, eng, src);
+      dst_m = memory(plan->dst, eng, dst);
+    }
     memory user_w(plan->user_weights, eng, weights);
     memory prim_w = plan->reorder ? memory(plan->weights, eng) : user_w;
     memory scratch(plan->scratchpad, eng);
@@ -149,10 +185,11 @@ ffi::Error Run(Pass pass, const std::shared_ptr<Plan>& plan, void* src, void* we
 struct Operand {
   char* data;
   ffi::Span<const int64_t> dims;
+  ffi::DataType dtype;
   int64_t Lead() const { return static_cast<int64_t>(dims.size()) - 4; }
   int64_t ElementBytes() const {
     const int64_t* d = Last4();
-    return static_cast<int64_t>(sizeof(float)) * d[0] * d[1] * d[2] * d[3];
+    return static_cast<int64_t>(ffi::ByteWidth(dtype)) * d[0] * d[1] * d[2] * d[3];
   }
   const int64_t* Last4() const { return &*dims.begin() + dims.size() - 4; }
 };
@@ -166,8 +203,14 @@ ffi::Error RunBatched(Pass pass, Operand xs, Operand ws, Operand ys, ffi::Span<c
     return ffi::Error::InvalidArgument("oneDNN convolution: expects NHWC activations, an HWIO kernel (with "
                                        "the same number of leading batch dimensions), 2 strides and 4 pads");
   }
+  if (xs.dtype != ws.dtype || xs.dtype != ys.dtype ||
+      (xs.dtype != ffi::DataType::F32 && xs.dtype != ffi::DataType::BF16)) {
+    return ffi::Error::InvalidArgument("oneDNN convolution: operands and result must be all float32 or all "
+                                       "bfloat16");
+  }
+  auto dt = xs.dtype == ffi::DataType::F32 ? memory::data_type::f32 : memory::data_type::bf16;
   const int64_t *x = xs.Last4(), *w = ws.Last4(), *y = ys.Last4();
-  Geometry g{x[0], x[3], x[1], x[2], y[3], w[0], w[1], y[1], y[2],
+  Geometry g{dt, x[0], x[3], x[1], x[2], y[3], w[0], w[1], y[1], y[2],
              {strides[0], strides[1]}, {padding[0], padding[2]}, {padding[1], padding[3]}};
   if (w[2] != g.c || w[3] != g.o || y[0] != g.n) {
     return ffi::Error::InvalidArgument("oneDNN convolution: inconsistent shapes");
@@ -204,30 +247,33 @@ ffi::Error RunBatched(Pass pass, Operand xs, Operand ws, Operand ys, ffi::Span<c
   return ffi::Error::Success();
 }
 
-Operand Of(ffi::Buffer<ffi::F32>& b) { return {static_cast<char*>(b.untyped_data()), b.dimensions()}; }
-Operand Of(ffi::ResultBuffer<ffi::F32>& b) { return {static_cast<char*>(b->untyped_data()), b->dimensions()}; }
+Operand Of(ffi::AnyBuffer& b) { return {static_cast<char*>(b.untyped_data()), b.dimensions(), b.element_type()}; }
+Operand Of(ffi::Result<ffi::AnyBuffer>& b) {
+  return {static_cast<char*>(b->untyped_data()), b->dimensions(), b->element_type()};
+}
 
-ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
+ffi::Error ConvFwd(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
                    ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding, int64_t threads) {
   return RunBatched(kFwd, Of(x), Of(w), Of(y), strides, padding, threads);
 }
 
-ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
+ffi::Error ConvBwdData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
                        ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding, int64_t threads) {
   return RunBatched(kBwdData, Of(dx), Of(w), Of(dy), strides, padding, threads);
 }
 
-ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
+ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
                           ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding, int64_t threads) {
   return RunBatched(kBwdWeights, Of(x), Of(dw), Of(dy), strides, padding, threads);
 }
 
-// The three handlers' signature: two float32 operands, one float32 result, the strides, pads and threads.
+// The three handlers' signature: two operands and a result (all float32 or all bfloat16; checked in
+// RunBatched), the strides, pads and threads.
 auto Binding() {
   return ffi::Ffi::Bind()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Ret<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>()
+      .Ret<ffi::AnyBuffer>()
       .Attr<ffi::Span<const int64_t>>("strides")
       .Attr<ffi::Span<const int64_t>>("padding")
       .Attr<int64_t>("threads");
