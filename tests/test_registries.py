@@ -39,14 +39,16 @@ def test_every_model_trains_one_step_with_finite_metrics_and_the_right_shapes(na
     exp = experiment.build(config, num_classes=0)
     shape = exp.data_shape
     assert shape == ((2,) if models.MODELS[name].data == "2d" else (config.image_size,) * 2 + (1,))
-    state = exp.init(jax.random.key(0))
+    state = jax.jit(exp.init)(jax.random.key(0))  # jitted: op-by-op, a deep model compiles every op on its own
     x = jax.random.uniform(jax.random.key(1), (config.n_critic, BATCH, *shape), minval=-1, maxval=1)
     new, metrics = jax.jit(exp.train_step())(state, {"x": x})
     assert all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree.leaves(metrics)), metrics
     assert float(metrics["finite"]) == 1.0
-    fake = sample(exp.generator, new.g.params, new.g.model_state, jax.random.key(2), BATCH)
+    fake = jax.jit(lambda p, s: sample(exp.generator, p, s, jax.random.key(2), BATCH))(new.g.params,
+                                                                                         new.g.model_state)
     assert fake.shape == (BATCH, *shape)
-    logits = exp.discriminator.apply({"params": new.d.params, **new.d.model_state}, fake, train=False)
+    logits = jax.jit(lambda v, x: exp.discriminator.apply(v, x, train=False))(
+        {"params": new.d.params, **new.d.model_state}, fake)
     assert logits.shape == (BATCH,) and np.all(np.isfinite(np.asarray(logits)))
 
 
