@@ -86,13 +86,13 @@ def _lowering(pass_):
 
 
 def threads_per_device(devices: int) -> int:
-  """oneDNN threads for each device of a program on ``devices`` CPU devices: 0 (OpenMP's default, every core)
-  for one device; else each device's share of the cores (``$OMP_NUM_THREADS`` or the CPU affinity), at least
-  1, so that simulated devices, which share the cores, do not run a team of all-core threads each."""
-  if devices <= 1:
-    return 0
+  """oneDNN threads for each device of a program on ``devices`` CPU devices: its share of the cores
+  (``$OMP_NUM_THREADS`` or the CPU affinity; every core for one device), at least 1, so that simulated devices,
+  which share the cores, do not run a team of all-core threads each. Always explicit: OpenMP's thread count is
+  a setting of the calling thread, which XLA reuses across programs, so a program that left it unset would run
+  with whatever the thread's last program set (and round differently)."""
   cores = int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
-  return max(1, cores // devices)
+  return max(1, cores // max(devices, 1))
 
 
 def _program_devices(ctx) -> int:

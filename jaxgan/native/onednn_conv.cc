@@ -7,7 +7,8 @@
 //   JaxganOnednnConvBwdData      (g [N,Ho,Wo,O], w [kh,kw,C,O]) -> dx [N,H,W,C]   (shape from the result)
 //   JaxganOnednnConvBwdWeights   (x [N,H,W,C], g [N,Ho,Wo,O])   -> dw [kh,kw,C,O] (shape from the result)
 // Attributes: strides = [sh, sw], padding = [lo_h, hi_h, lo_w, hi_w] (lax.conv_general_dilated's pads),
-// threads = the OpenMP threads of the calling thread's oneDNN calls (0: leave as is). XLA runs each simulated CPU
+// threads = the OpenMP threads of the calling thread's oneDNN calls (0: leave as is; jaxgan always sets it, since
+// the count is a setting of the calling thread, which XLA reuses across programs). XLA runs each simulated CPU
 // device's program on its own thread; giving each its share of the cores keeps N devices from running N teams
 // of all-core threads that spin against each other (the OpenMP thread count is a per-thread setting).
 // Leading dimensions before the last four are a batch (jax.vmap; see RunBatched).
