@@ -70,16 +70,21 @@ def _lengths(t: TermInputs, batch_shrink: int):
     return lengths, jax.lax.pmean(jax.lax.stop_gradient(jnp.mean(lengths)), t.axis_name)
 
 
+def _running_mean(t: TermInputs, mean_lengths: jax.Array, decay: float) -> jax.Array:
+    """m' = m + decay (mean_b a_b - m), with m (G's ``pl_mean``) a constant."""
+    mean = jax.lax.stop_gradient(t.g_aux["pl_mean"])
+    return mean + decay * (mean_lengths - mean)
+
+
 def penalty(t: TermInputs, decay: float = DECAY, batch_shrink: int = BATCH_SHRINK) -> jax.Array:
     """mean_b (a_b - m')^2 (scalar float32)."""
     lengths, mean_lengths = _lengths(t, batch_shrink)
-    mean = jax.lax.stop_gradient(t.g_aux["pl_mean"])
+    new_mean = _running_mean(t, mean_lengths, decay)
     if t.axis_name is None:
-        return jnp.mean(jnp.square(lengths - (mean + decay * (mean_lengths - mean))))
+        return jnp.mean(jnp.square(lengths - new_mean))
     # This device's share of the mean over the subset; the device mean of its gradient is the one device's
     # gradient: the part through m' (d m' = decay * d mean_b a_b, a sum over every device's a_b) is written
     # as -2 decay (mean_b a_b - m') d(this device's mean a_b), which is 0 in value.
-    new_mean = mean + decay * (mean_lengths - mean)
     local = jnp.mean(lengths)
     return (jnp.mean(jnp.square(lengths - new_mean))
             - 2.0 * decay * (mean_lengths - new_mean) * (local - jax.lax.stop_gradient(local)))
@@ -88,8 +93,7 @@ def penalty(t: TermInputs, decay: float = DECAY, batch_shrink: int = BATCH_SHRIN
 def mean_update(t: TermInputs, decay: float = DECAY, batch_shrink: int = BATCH_SHRINK) -> jax.Array:
     """m' - m, without gradient (the metric-only term that moves G's ``pl_mean``)."""
     _, mean_lengths = _lengths(t, batch_shrink)
-    mean = jax.lax.stop_gradient(t.g_aux["pl_mean"])
-    return jax.lax.stop_gradient(mean + decay * (mean_lengths - mean) - t.g_aux["pl_mean"])
+    return jax.lax.stop_gradient(_running_mean(t, mean_lengths, decay) - t.g_aux["pl_mean"])
 
 
 def path_length(weight: float = 2.0, every: int = EVERY, decay: float = DECAY,
