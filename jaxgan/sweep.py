@@ -15,9 +15,10 @@ summation order, so parameters agree to float32 rounding after one step (~1e-8) 
 slowly as the game's own sensitivity allows (~1e-7 after 50 steps of a small MLP GAN).
 
 Chunk size: on CPU, a handful of small MLP GANs vmapped together run faster than one after another, but
-dozens at once run slower (stacked activations leave the cache), and vmapping convolutional GANs turns every
-convolution into a grouped one, which XLA:CPU runs slowly (``docs/performance.md``, "Many seeds on CPU";
-``benchmarks/sweep_speedup.py``). `default_chunk` encodes these measurements; pass ``chunk`` to override.
+dozens at once run slower (stacked activations leave the cache); a vmapped convolution runs its runs'
+oneDNN convolutions side by side, one per core (`jaxgan.models.onednn.batch_mode`), which pays most where the
+convolutions are small (``docs/performance.md``, "Many seeds on CPU"; ``benchmarks/sweep_speedup.py``).
+`default_chunk` encodes these measurements; pass ``chunk`` to override.
 
 Several devices: with a ``mesh`` (`sweep_mesh`, ``launch/sweep.py --mesh_seed=K``) the runs of every chunk
 are split over the K devices of the mesh's ``seed`` axis (`jaxgan.parallel`): the stacked state, data keys and
@@ -279,15 +280,16 @@ def _program_hparams(config: Config) -> dict[str, float]:
 def default_chunk(platform: str, model: str, runs: int) -> int:
     """Runs vmapped together, from measurements (``benchmarks/sweep_speedup.py``, ``docs/performance.md``).
 
-    CPU: 8 for MLP GANs (faster than sequential at 4-16 runs, slower at 32-64); 1 for convolutional GANs
-    (vmapped convolutions become grouped convolutions, slower than sequential). Accelerators: all runs for MLPs
+    CPU: 8 for MLP GANs (faster than sequential at 4-16 runs, slower at 32-64); 4 for convolutional GANs
+    (oneDNN runs the chunk's convolutions side by side, one per core: faster than sequential, most where the
+    convolutions are small). Accelerators: all runs for MLPs
     (a 64-run chunk fills a GPU far better than one small MLP), 16 for convolutional GANs (memory). The
     figures: ``docs/performance.md``, "Figures behind the library's defaults". The chunks are then balanced
     (10 runs at 8: two chunks of 5, one compiled program, rather than 8 and a slow chunk of 2).
     """
     convolves = MODELS[model].convolves  # the model registry's spec: MLPs (mlp, pacgan_mlp) vmap well on CPU
     if platform == "cpu":
-        chunk = 1 if convolves else 8
+        chunk = 4 if convolves else 8
     else:
         chunk = 16 if convolves else 256
     chunk = max(1, min(chunk, runs))

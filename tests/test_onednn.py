@@ -176,6 +176,40 @@ def test_vmap_batches_and_broadcasts():
 
 
 @needs_onednn
+@pytest.mark.parametrize("mode", onednn.BATCH_MODES)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_vmapped_passes_in_every_batch_mode_match_float64(mode, dtype):
+  """The three passes under vmap over 3 models (an odd count: the concurrent mode's rounds of one convolution
+  per thread leave one over; the grouped mode transposes the activations), each model against a float64 NumPy
+  reference of its own convolution, and a shared kernel (folded into the examples) as well. Each model's
+  numbers do not depend on the mode beyond float rounding."""
+  s, pads = (2, 1), ((1, 2), (0, 1))
+  rng = np.random.default_rng(11)
+  dt = jnp.dtype(dtype)
+  x = jnp.asarray(rng.normal(size=(3, 2, 7, 6, 5)), dt)
+  w = jnp.asarray(rng.normal(size=(3, 3, 2, 5, 4)), dt)
+  g = jnp.asarray(rng.normal(size=(3, 2, 4, 6, 4)), dt)
+  with onednn.batch_mode(mode):
+    passes = jax.jit(jax.vmap(lambda x, w, g: (onednn.conv(x, w, s, pads),
+                                               onednn.conv_input_grad(g, w, s, pads, (7, 6)),
+                                               onednn.conv_kernel_grad(x, g, s, pads, (3, 2)))))
+    shared = jax.jit(jax.vmap(lambda x, g: (onednn.conv(x, w[0], s, pads),
+                                            onednn.conv_input_grad(g, w[0], s, pads, (7, 6)))))
+    got, got_shared = passes(x, w, g), shared(x, g)
+  for i in range(3):
+    ref = _numpy_passes(x[i], w[i], g[i], s, pads)
+    ref_shared = _numpy_passes(x[i], w[0], g[i], s, pads)[:2]
+    for mine, want in zip([a[i] for a in got] + [a[i] for a in got_shared], list(ref) + list(ref_shared)):
+      if dt == jnp.bfloat16:
+        _assert_bf16_close(mine, want, ulps=0.5)
+      else:
+        assert mine.shape == want.shape and _rel(mine, want) < 1e-5
+  with pytest.raises(ValueError, match="batch_mode='group'; accepted: 'concurrent', 'grouped', 'loop'"):
+    with onednn.batch_mode("group"):
+      pass
+
+
+@needs_onednn
 def test_layers_use_onednn_where_supported():
   x = jnp.ones((2, 8, 8, 3))
   program = lambda impl, dtype=jnp.float32: jax.jit(

@@ -380,10 +380,11 @@ def test_image_steps_scanned_off_cpu_equal_inlined(monkeypatch):
     assert jax.tree.leaves(m_scanned)[0].shape[0] == 2  # metrics of every step, either way
 
 
-@pytest.mark.parametrize("runs, expected", [(3, 3), (8, 8), (10, 5), (17, 6), (64, 8)])
-def test_default_chunks_are_balanced_on_cpu(runs, expected):
-    """The CPU default of 8 MLP runs per chunk, balanced: equal chunks (one compiled program) and no small
-    leftover chunk, whose runs vmap poorly."""
+@pytest.mark.parametrize("runs, expected, expected_conv", [(3, 3, 3), (8, 8, 4), (10, 5, 4), (17, 6, 4), (64, 8, 4)])
+def test_default_chunks_are_balanced_on_cpu(runs, expected, expected_conv):
+    """The CPU default of 8 MLP runs per chunk (4 convolutional GANs), balanced: equal chunks (one compiled
+    program) and no small leftover chunk, whose runs vmap poorly."""
     chunk = sweep.default_chunk("cpu", "mlp", runs)
     assert chunk == expected and chunk <= 8 and -(-runs // chunk) == -(-runs // 8)
-    assert sweep.default_chunk("cpu", "dcgan", runs) == 1
+    conv = sweep.default_chunk("cpu", "dcgan", runs)
+    assert conv == expected_conv and -(-runs // conv) == -(-runs // 4)

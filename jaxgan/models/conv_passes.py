@@ -23,8 +23,8 @@ its own (``lowering``: oneDNN's FFI custom calls, `jaxgan.models.onednn`) or JAX
 Batching: the operands of a pass may carry leading (vmap) dimensions, the same number on both, each either the
 batch size or 1 (broadcast along it; ``jax.ffi.ffi_call``'s ``vmap_method="expand_dims"``). The batching rule
 moves the vmapped axis to the front and gives the unbatched operand a leading 1, so vmap of a pass is one bind
-of the same primitive: oneDNN's handler then runs one convolution per batch element, JAX functions are
-vmapped. Transposes sum the cotangent over the leading dimensions an operand was broadcast along.
+of the same primitive: oneDNN's lowering then runs the batch in one call (`jaxgan.models.onednn.batch_mode`),
+JAX functions are vmapped. Transposes sum the cotangent over the leading dimensions an operand was broadcast along.
 """
 from __future__ import annotations
 

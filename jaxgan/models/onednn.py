@@ -18,13 +18,24 @@ kernel flipped and its in/out channels swapped (``convt``).
 
 Float32 or bfloat16 (both operands of one dtype, which the result has too; in bfloat16 oneDNN accumulates in
 float32 and rounds the result once) on the cpu backend, non-negative paddings (``supported``); ``available()``
-says whether the extension could be built and loaded. Under ``jax.vmap`` the custom calls get leading batch
-dimensions (``jax.ffi.ffi_call``'s ``vmap_method="expand_dims"`` semantics) and run one convolution per batch element.
+says whether the extension could be built and loaded.
+
+Under ``jax.vmap`` (a sweep of models, `jaxgan.sweep`) the custom calls get leading batch dimensions
+(``jax.ffi.ffi_call``'s ``vmap_method="expand_dims"`` semantics) and run the batch's convolutions in one call, as
+`batch_mode` chooses: "concurrent" (the default) runs them side by side, one convolution per OpenMP thread on a
+kernel planned for one thread (whole rounds of as many convolutions as threads; a remainder runs one after another
+on every thread); "grouped" runs them as one grouped oneDNN convolution (the activations transposed so that the
+models' channels sit side by side); "loop" runs them one after another on every thread. A kernel shared by the
+whole batch folds the batch into the examples instead (one convolution). Small convolutions keep few threads
+busy, so running several at once pays most there; "concurrent" was the fastest or within noise of the fastest
+on every DCGAN size measured (docs/performance.md, ``benchmarks/sweep_speedup.py --model=dcgan``).
 A program on one device runs them on every core; a program on N (simulated) CPU devices gives each device's
 calls its share of the cores (``threads_per_device``).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
 
@@ -32,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.interpreters import mlir
 
 from jaxgan import native
 from jaxgan.models import conv_passes
@@ -73,16 +85,52 @@ def _check():
 
 
 def _lowering(pass_):
-  """The FFI custom call of a pass (cpu); its handler loops over leading (vmap) dimensions itself."""
-  rule = jax.ffi.ffi_lowering(f"jaxgan_{_TARGETS[pass_]}")
+  """The FFI custom call of a pass (cpu). Operands with leading (vmap) dimensions run as one oneDNN call
+  (`_batched`); the FFI handler's own loop over them (one convolution per index) is `batch_mode("loop")`."""
+  target = f"jaxgan_{_TARGETS[pass_]}"
+  rule = jax.ffi.ffi_lowering(target)
 
   def lower(ctx, a, b, *, geom, variant):
-    del variant
-    return rule(ctx, a, b, strides=np.asarray(geom.strides, np.int64),
-                padding=np.asarray([p for lo_hi in geom.pads for p in lo_hi], np.int64),
-                threads=np.int64(threads_per_device(_program_devices(ctx))))
+    threads = threads_per_device(_program_devices(ctx))
+    attrs = dict(strides=np.asarray(geom.strides, np.int64),
+                 padding=np.asarray([p for lo_hi in geom.pads for p in lo_hi], np.int64), threads=np.int64(threads))
+    mode = variant or "concurrent"
+    if ctx.avals_in[0].ndim == 4 or mode != "grouped":
+      return rule(ctx, a, b, **attrs, groups=np.int64(-1 if mode == "concurrent" else 0))
+    batched = functools.partial(_batched, pass_, target, ctx.avals_out[0], attrs)
+    return mlir.lower_fun(batched, multiple_results=False)(ctx, a, b)
 
   return lower, "cpu"
+
+
+def _batched(pass_, target, out_aval, attrs, a, b):
+  """One oneDNN call for a pass whose operands a, b carry leading (vmap) dimensions (each the batch size or 1).
+
+  A kernel shared by every index (forward and input gradient) folds the batch into the examples: one
+  convolution of [B*N, H, W, C]. Otherwise the B convolutions run as one grouped convolution (B groups): the
+  activations [B, N, H, W, C] are transposed to [N, H, W, B*C] (XLA's transpose, which it can fuse into the
+  producer), the kernels [B, kh, kw, C, O] are the grouped kernel as they are (GHWIO), and the result comes
+  back the same way. A broadcast operand of a grouped call is materialised."""
+  lead = out_aval.shape[:-4]
+  size = int(np.prod(lead))
+  call = lambda shape, *ops, groups: jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, out_aval.dtype))(
+      *ops, **attrs, groups=np.int64(groups))
+  kernel = b if pass_ != "wgrad" else None
+  if kernel is not None and all(d == 1 for d in kernel.shape[:-4]):
+    # a [.., N, H, W, C] activation with a shared kernel: the batch joins the examples
+    act = jnp.broadcast_to(a, lead + a.shape[-4:]).reshape((size * a.shape[-4],) + a.shape[-3:])
+    out = call((act.shape[0],) + out_aval.shape[-3:], act, kernel.reshape(kernel.shape[-4:]), groups=0)
+    return out.reshape(out_aval.shape)
+  a, b = (jnp.broadcast_to(t, lead + t.shape[-4:]).reshape((size,) + t.shape[-4:]) for t in (a, b))
+  if size == 1:
+    return call(out_aval.shape[-4:], a[0], b[0], groups=0).reshape(out_aval.shape)
+  side_by_side = lambda t: jnp.moveaxis(t, 0, 3).reshape(t.shape[1:4] + (size * t.shape[4],))
+  if pass_ == "wgrad":   # (x, g) -> kernels [B, kh, kw, C, O]
+    out = call((size,) + out_aval.shape[-4:], side_by_side(a), side_by_side(b), groups=size)
+    return out.reshape(out_aval.shape)
+  n, h, w, c = out_aval.shape[-4:]  # fwd (x, w) -> y, dgrad (g, w) -> x: activations out
+  out = call((n, h, w, size * c), side_by_side(a), b, groups=size)
+  return jnp.moveaxis(out.reshape(n, h, w, size, c), 3, 0).reshape(out_aval.shape)
 
 
 def threads_per_device(devices: int) -> int:
@@ -109,22 +157,46 @@ def _out_hw(hw, k, s, pads):
   return tuple((hw[d] + sum(pads[d]) - k[d]) // s[d] + 1 for d in (0, 1))
 
 
+BATCH_MODES = ("concurrent", "grouped", "loop")
+_batch_mode: contextvars.ContextVar[str] = contextvars.ContextVar("jaxgan_onednn_batch_mode", default="concurrent")
+
+
+@contextlib.contextmanager
+def batch_mode(mode: str):
+  """How calls traced inside run under ``jax.vmap``: "grouped" (the default: one oneDNN call for the whole
+  batch, `_batched`) or "loop" (one oneDNN convolution per batch index, in the handler). For benchmarks and
+  tests; the choice is recorded in the traced program, so jit caches stay correct."""
+  if mode not in BATCH_MODES:
+    raise ValueError(f"batch_mode={mode!r}; accepted: {', '.join(map(repr, BATCH_MODES))}")
+  token = _batch_mode.set(mode)
+  try:
+    yield
+  finally:
+    _batch_mode.reset(token)
+
+
+def _variant():
+  return _batch_mode.get()
+
+
 def conv(x, w, s, pads):
   """y = lax.conv_general_dilated(x, w, s, pads) (NHWC, HWIO); x, w both float32 or both bfloat16."""
   _check()
-  return _PASSES.fwd(x, w, conv_passes.Geometry.of("conv", x.shape, w.shape, s, pads))
+  return _PASSES.fwd(x, w, conv_passes.Geometry.of("conv", x.shape, w.shape, s, pads), _variant())
 
 
 def conv_input_grad(g, w, s, pads, hw):
   """C_w^T g: the input gradient of ``conv`` with cotangent g, for inputs of spatial size hw."""
   _check()
-  return _PASSES.dgrad(g, w, conv_passes.Geometry("conv", *_static(s, pads), tuple(hw), tuple(w.shape[-4:-2])))
+  return _PASSES.dgrad(g, w, conv_passes.Geometry("conv", *_static(s, pads), tuple(hw), tuple(w.shape[-4:-2])),
+                       _variant())
 
 
 def conv_kernel_grad(x, g, s, pads, k):
   """d<g, C_w x>/dw for a kernel of spatial size k (the weight gradient of ``conv``)."""
   _check()
-  return _PASSES.wgrad(x, g, conv_passes.Geometry("conv", *_static(s, pads), tuple(x.shape[-3:-1]), tuple(k)))
+  return _PASSES.wgrad(x, g, conv_passes.Geometry("conv", *_static(s, pads), tuple(x.shape[-3:-1]), tuple(k)),
+                       _variant())
 
 
 def _static(s, pads):

@@ -11,7 +11,12 @@
 // the count is a setting of the calling thread, which XLA reuses across programs). XLA runs each simulated CPU
 // device's program on its own thread; giving each its share of the cores keeps N devices from running N teams
 // of all-core threads that spin against each other (the OpenMP thread count is a per-thread setting).
-// Leading dimensions before the last four are a batch (jax.vmap; see RunBatched).
+// Leading dimensions before the last four are a batch (jax.vmap; see RunBatched), one convolution per index:
+// groups = 0 runs them one after another on the calling thread's team, groups = -1 side by side (a convolution
+// per thread, planned for one thread). groups = G > 0 instead runs G independent convolutions as one grouped
+// oneDNN convolution (RunGrouped): the
+// activations come with the G convolutions' channels side by side, x [N,H,W,G*C] and y [N,Ho,Wo,G*O], and the
+// kernels as w [G,kh,kw,C,O] (the caller transposes [G,N,H,W,C] activations into that layout).
 // Dtypes: the two operands and the result are all float32 or all bfloat16. In bfloat16 oneDNN accumulates in
 // float32; the weight gradient is computed in float32 and rounded once into the bfloat16 result.
 // Primitives are built once per shape and cached; oneDNN chooses the kernel's weight layout ("any") and
@@ -44,8 +49,16 @@ dnnl::engine& Engine() {
 
 struct Geometry {
   memory::data_type dt;  // of operands and result: f32 or bf16
-  memory::dim n, c, h, w, o, kh, kw, ho, wo;
+  memory::dim n, c, h, w, o, kh, kw, ho, wo;  // c, o: channels per group
   memory::dims strides, pad_l, pad_r;
+  memory::dim groups = 1;
+  memory::desc Src(memory::data_type t) const { return memory::desc({n, groups * c, h, w}, t, tag::nhwc); }
+  memory::desc Dst(memory::data_type t) const { return memory::desc({n, groups * o, ho, wo}, t, tag::nhwc); }
+  // HWIO, or GHWIO ([G,kh,kw,C,O]) for groups > 1; tag::any lets the primitive choose
+  memory::desc Weights(memory::data_type t, bool any) const {
+    if (groups > 1) return memory::desc({groups, o, c, kh, kw}, t, any ? tag::any : tag::ghwio);
+    return memory::desc({o, c, kh, kw}, t, any ? tag::any : tag::hwio);
+  }
 };
 
 struct Plan {
@@ -65,7 +78,7 @@ std::string Key(Pass pass, const Geometry& g) {
   std::string key = std::to_string(pass) + "," + std::to_string(static_cast<int>(g.dt)) + "," +
                     std::to_string(omp_get_max_threads());
   for (memory::dim d : {g.n, g.c, g.h, g.w, g.o, g.kh, g.kw, g.ho, g.wo, g.strides[0], g.strides[1],
-                        g.pad_l[0], g.pad_l[1], g.pad_r[0], g.pad_r[1]}) {
+                        g.pad_l[0], g.pad_l[1], g.pad_r[0], g.pad_r[1], g.groups}) {
     key += "," + std::to_string(d);
   }
   return key;
@@ -81,17 +94,15 @@ void Widen(Plan* plan, const Geometry& g) {
   plan->widen = true;
   plan->user_src = plan->src;
   plan->user_dst = plan->dst;
-  plan->src = memory::desc({g.n, g.c, g.h, g.w}, memory::data_type::f32, tag::nhwc);
-  plan->dst = memory::desc({g.n, g.o, g.ho, g.wo}, memory::data_type::f32, tag::nhwc);
+  plan->src = g.Src(memory::data_type::f32);
+  plan->dst = g.Dst(memory::data_type::f32);
   plan->src_widen = dnnl::reorder(dnnl::reorder::primitive_desc(eng, plan->user_src, eng, plan->src));
   plan->dst_widen = dnnl::reorder(dnnl::reorder::primitive_desc(eng, plan->user_dst, eng, plan->dst));
 }
 
 std::shared_ptr<Plan> MakePlan(Pass pass, const Geometry& g) {
-  memory::desc src({g.n, g.c, g.h, g.w}, g.dt, tag::nhwc);
-  memory::desc dst({g.n, g.o, g.ho, g.wo}, g.dt, tag::nhwc);
-  memory::desc user_w({g.o, g.c, g.kh, g.kw}, g.dt, tag::hwio);
-  memory::desc any_w({g.o, g.c, g.kh, g.kw}, g.dt, tag::any);
+  memory::desc src = g.Src(g.dt), dst = g.Dst(g.dt);
+  memory::desc user_w = g.Weights(g.dt, false), any_w = g.Weights(g.dt, true);
   auto& eng = Engine();
   auto algo = dnnl::algorithm::convolution_direct;
   dnnl::primitive_attr attr;
@@ -114,7 +125,7 @@ std::shared_ptr<Plan> MakePlan(Pass pass, const Geometry& g) {
     plan->scratchpad = bwd.scratchpad_desc();
   } else {
     if (g.dt == memory::data_type::bf16) Widen(plan.get(), g);
-    memory::desc any_dw({g.o, g.c, g.kh, g.kw}, memory::data_type::f32, tag::any);
+    memory::desc any_dw = g.Weights(memory::data_type::f32, true);
     dnnl::convolution_forward::primitive_desc hint(eng, dnnl::prop_kind::forward_training, algo, plan->src,
                                                    any_dw, plan->dst, g.strides, g.pad_l, g.pad_r, attr);
     dnnl::convolution_backward_weights::primitive_desc bwd(eng, algo, plan->src, any_dw, plan->dst, g.strides,
@@ -195,34 +206,45 @@ struct Operand {
   const int64_t* Last4() const { return &*dims.begin() + dims.size() - 4; }
 };
 
-// Runs `pass` once per index of the leading dimensions. The three operands are (x side, kernel, y side)
-// in the kernel's roles: (src, weights, dst) with the result among them.
-ffi::Error RunBatched(Pass pass, Operand xs, Operand ws, Operand ys, ffi::Span<const int64_t> strides,
-                      ffi::Span<const int64_t> padding, int64_t threads) {
-  if (xs.Lead() < 0 || xs.Lead() != ws.Lead() || xs.Lead() != ys.Lead() || strides.size() != 2 ||
-      padding.size() != 4) {
-    return ffi::Error::InvalidArgument("oneDNN convolution: expects NHWC activations, an HWIO kernel (with "
-                                       "the same number of leading batch dimensions), 2 strides and 4 pads");
-  }
+ffi::Error CheckDtypes(const Operand& xs, const Operand& ws, const Operand& ys, memory::data_type* dt) {
   if (xs.dtype != ws.dtype || xs.dtype != ys.dtype ||
       (xs.dtype != ffi::DataType::F32 && xs.dtype != ffi::DataType::BF16)) {
     return ffi::Error::InvalidArgument("oneDNN convolution: operands and result must be all float32 or all "
                                        "bfloat16");
   }
-  auto dt = xs.dtype == ffi::DataType::F32 ? memory::data_type::f32 : memory::data_type::bf16;
+  *dt = xs.dtype == ffi::DataType::F32 ? memory::data_type::f32 : memory::data_type::bf16;
+  return ffi::Error::Success();
+}
+
+ffi::Error MakeOrGetPlan(Pass pass, const Geometry& g, int64_t threads, std::shared_ptr<Plan>* plan) {
+  if (threads > 0 && omp_get_max_threads() != threads) omp_set_num_threads(static_cast<int>(threads));
+  try {
+    *plan = GetPlan(pass, g);
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string("oneDNN convolution: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+// Runs `pass` once per index of the leading dimensions. The three operands are (x side, kernel, y side)
+// in the kernel's roles: (src, weights, dst) with the result among them.
+ffi::Error RunBatched(Pass pass, Operand xs, Operand ws, Operand ys, ffi::Span<const int64_t> strides,
+                      ffi::Span<const int64_t> padding, int64_t threads, bool concurrent) {
+  if (xs.Lead() < 0 || xs.Lead() != ws.Lead() || xs.Lead() != ys.Lead() || strides.size() != 2 ||
+      padding.size() != 4) {
+    return ffi::Error::InvalidArgument("oneDNN convolution: expects NHWC activations, an HWIO kernel (with "
+                                       "the same number of leading batch dimensions), 2 strides and 4 pads");
+  }
+  memory::data_type dt;
+  if (ffi::Error err = CheckDtypes(xs, ws, ys, &dt); err.failure()) return err;
   const int64_t *x = xs.Last4(), *w = ws.Last4(), *y = ys.Last4();
   Geometry g{dt, x[0], x[3], x[1], x[2], y[3], w[0], w[1], y[1], y[2],
              {strides[0], strides[1]}, {padding[0], padding[2]}, {padding[1], padding[3]}};
   if (w[2] != g.c || w[3] != g.o || y[0] != g.n) {
     return ffi::Error::InvalidArgument("oneDNN convolution: inconsistent shapes");
   }
-  if (threads > 0 && omp_get_max_threads() != threads) omp_set_num_threads(static_cast<int>(threads));
   std::shared_ptr<Plan> plan;
-  try {
-    plan = GetPlan(pass, g);
-  } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string("oneDNN convolution: ") + e.what());
-  }
+  if (ffi::Error err = MakeOrGetPlan(pass, g, threads, &plan); err.failure()) return err;
   int64_t lead = xs.Lead(), total = 1;
   std::vector<int64_t> batch(lead);
   for (int64_t d = 0; d < lead; ++d) {
@@ -230,22 +252,74 @@ ffi::Error RunBatched(Pass pass, Operand xs, Operand ws, Operand ys, ffi::Span<c
     total *= batch[d];
   }
   Operand* ops[3] = {&xs, &ws, &ys};
-  std::vector<int64_t> index(lead);
-  for (int64_t i = 0; i < total; ++i) {
+  auto pointers = [&](int64_t i, char** ptr) {
+    std::vector<int64_t> index(lead);
     for (int64_t d = lead - 1, rest = i; d >= 0; --d) {  // i -> row-major index over the batch dimensions
       index[d] = rest % batch[d];
       rest /= batch[d];
     }
-    char* ptr[3];
     for (int k = 0; k < 3; ++k) {  // the operand's own offset (a dimension of size 1 broadcasts)
       int64_t offset = 0;
       for (int64_t d = 0; d < lead; ++d) offset = offset * ops[k]->dims[d] + (ops[k]->dims[d] == 1 ? 0 : index[d]);
       ptr[k] = ops[k]->data + offset * ops[k]->ElementBytes();
     }
-    ffi::Error err = Run(pass, plan, ptr[0], ptr[1], ptr[2]);
-    if (err.failure()) return err;
+  };
+  // concurrent: whole rounds of `team` indices run at once, one convolution per thread; the rest (fewer than
+  // the threads) one after another on every thread, so that 3 runs on 2 cores do not take 2 rounds of one thread
+  int team = static_cast<int>(std::min<int64_t>(total, omp_get_max_threads()));
+  int64_t together = concurrent && team > 1 ? total / team * team : 0;
+  if (together < total) {
+    for (int64_t i = together; i < total; ++i) {
+      char* ptr[3];
+      pointers(i, ptr);
+      ffi::Error err = Run(pass, plan, ptr[0], ptr[1], ptr[2]);
+      if (err.failure()) return err;
+    }
+  }
+  if (together == 0) return ffi::Error::Success();
+  std::shared_ptr<Plan> single;
+  if (ffi::Error err = MakeOrGetPlan(pass, g, 1, &single); err.failure()) return err;
+  omp_set_num_threads(static_cast<int>(threads > 0 ? threads : team));
+  std::vector<std::string> errors(together);
+#pragma omp parallel for num_threads(team) schedule(static)
+  for (int64_t i = 0; i < together; ++i) {
+    char* ptr[3];
+    pointers(i, ptr);
+    ffi::Error err = Run(pass, single, ptr[0], ptr[1], ptr[2]);
+    if (err.failure()) errors[i] = "failed";
+  }
+  for (const std::string& e : errors) {
+    if (!e.empty()) return ffi::Error(ffi::ErrorCode::kInternal, "oneDNN convolution failed in a batch");
   }
   return ffi::Error::Success();
+}
+
+// `groups` independent convolutions as one grouped convolution: x [N,H,W,G*C], w [G,kh,kw,C,O],
+// y [N,Ho,Wo,G*O] (the roles as in RunBatched).
+ffi::Error RunGrouped(Pass pass, Operand xs, Operand ws, Operand ys, ffi::Span<const int64_t> strides,
+                      ffi::Span<const int64_t> padding, int64_t threads, int64_t groups) {
+  if (xs.dims.size() != 4 || ws.dims.size() != 5 || ys.dims.size() != 4 || strides.size() != 2 ||
+      padding.size() != 4) {
+    return ffi::Error::InvalidArgument("oneDNN grouped convolution: expects activations [N,H,W,G*C] and "
+                                       "[N,Ho,Wo,G*O], kernels [G,kh,kw,C,O], 2 strides and 4 pads");
+  }
+  memory::data_type dt;
+  if (ffi::Error err = CheckDtypes(xs, ws, ys, &dt); err.failure()) return err;
+  const int64_t *x = xs.Last4(), *w = ws.Last4(), *y = ys.Last4();
+  Geometry g{dt, x[0], w[2], x[1], x[2], w[3], w[0], w[1], y[1], y[2],
+             {strides[0], strides[1]}, {padding[0], padding[2]}, {padding[1], padding[3]}, groups};
+  if (ws.dims[0] != groups || x[3] != groups * g.c || y[3] != groups * g.o || y[0] != g.n) {
+    return ffi::Error::InvalidArgument("oneDNN grouped convolution: inconsistent shapes");
+  }
+  std::shared_ptr<Plan> plan;
+  if (ffi::Error err = MakeOrGetPlan(pass, g, threads, &plan); err.failure()) return err;
+  return Run(pass, plan, xs.data, ws.data, ys.data);
+}
+
+ffi::Error Dispatch(Pass pass, Operand xs, Operand ws, Operand ys, ffi::Span<const int64_t> strides,
+                    ffi::Span<const int64_t> padding, int64_t threads, int64_t groups) {
+  if (groups > 0) return RunGrouped(pass, xs, ws, ys, strides, padding, threads, groups);
+  return RunBatched(pass, xs, ws, ys, strides, padding, threads, groups < 0);
 }
 
 Operand Of(ffi::AnyBuffer& b) { return {static_cast<char*>(b.untyped_data()), b.dimensions(), b.element_type()}; }
@@ -254,22 +328,25 @@ Operand Of(ffi::Result<ffi::AnyBuffer>& b) {
 }
 
 ffi::Error ConvFwd(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
-                   ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding, int64_t threads) {
-  return RunBatched(kFwd, Of(x), Of(w), Of(y), strides, padding, threads);
+                   ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding, int64_t threads,
+                   int64_t groups) {
+  return Dispatch(kFwd, Of(x), Of(w), Of(y), strides, padding, threads, groups);
 }
 
 ffi::Error ConvBwdData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
-                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding, int64_t threads) {
-  return RunBatched(kBwdData, Of(dx), Of(w), Of(dy), strides, padding, threads);
+                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding, int64_t threads,
+                       int64_t groups) {
+  return Dispatch(kBwdData, Of(dx), Of(w), Of(dy), strides, padding, threads, groups);
 }
 
 ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
-                          ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding, int64_t threads) {
-  return RunBatched(kBwdWeights, Of(x), Of(dw), Of(dy), strides, padding, threads);
+                          ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding, int64_t threads,
+                          int64_t groups) {
+  return Dispatch(kBwdWeights, Of(x), Of(dw), Of(dy), strides, padding, threads, groups);
 }
 
 // The three handlers' signature: two operands and a result (all float32 or all bfloat16; checked in
-// RunBatched), the strides, pads and threads.
+// RunBatched), the strides, pads, threads and groups (0, -1: RunBatched; > 0: RunGrouped).
 auto Binding() {
   return ffi::Ffi::Bind()
       .Arg<ffi::AnyBuffer>()
@@ -277,7 +354,8 @@ auto Binding() {
       .Ret<ffi::AnyBuffer>()
       .Attr<ffi::Span<const int64_t>>("strides")
       .Attr<ffi::Span<const int64_t>>("padding")
-      .Attr<int64_t>("threads");
+      .Attr<int64_t>("threads")
+      .Attr<int64_t>("groups");
 }
 
 }  // namespace
