@@ -40,7 +40,8 @@ def restore_signals():
 def signal_from_gc_callback():
     """``send(sig)``: the next garbage collection runs a callback that sends ``sig`` to this process once and runs
     Python code while it is pending, so the handler runs inside the callback (as inside JAX's
-    ``_xla_gc_callback``)."""
+    ``_xla_gc_callback``). Arm it inside the block that expects the signal's exception: the next collection can
+    be an automatic one, triggered by any allocation after ``send``."""
     pending = []
 
     def callback(phase, info):
@@ -69,8 +70,8 @@ def test_a_second_signal_inside_a_gc_callback_is_raised_not_dropped(restore_sign
     on_entry = signal.getsignal(signal.SIGINT)  # Python's default_int_handler, or SIG_IGN in a background job
     with reliability.StopRequest() as stop:
         stop.request()  # the first request (a signal, or a Ctrl-C during start-up)
-        signal_from_gc_callback(signal.SIGINT)
         with pytest.raises(KeyboardInterrupt, match="second SIGINT"):
+            signal_from_gc_callback(signal.SIGINT)  # armed inside: any collection from here on may send it
             gc.collect()
             _run_python_code()
     assert dropped == []  # Python's handler would have raised in the callback: "Exception ignored", and lost
@@ -81,8 +82,8 @@ def test_at_once_raises_outside_a_gc_callback(restore_signals, signal_from_gc_ca
     dropped = []
     monkeypatch.setattr(sys, "unraisablehook", dropped.append)
     with interrupts.SignalRequest(at_once=True) as request:
-        signal_from_gc_callback(signal.SIGTERM)
         with pytest.raises(KeyboardInterrupt, match="^SIGTERM$"):
+            signal_from_gc_callback(signal.SIGTERM)
             gc.collect()
             _run_python_code()
     assert dropped == [] and request.reason == "SIGTERM"

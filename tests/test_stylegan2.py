@@ -334,77 +334,85 @@ def test_ema_flags_validate():
 
 # ----------------------------------------------------------------------------- training and resume
 
-TINY = Config(dataset="digits", model="stylegan2", image_size=32, width=4, latent_dim=4, batch_size=4,
-              mapping_layers=2, penalty="r1", penalty_weight=0.01, penalty_every=4, path_length_weight=2.0,
-              ema_kimg=10.0, ema_rampup=0.05)
+# A tiny StyleGAN2 run that the resume and data-parallel tests share (one compiled one-device step): global
+# batch 8 (4 per device on 2), lazy R1 every 2 and path length every 4, style mixing always (one cutoff per
+# global batch), the EMA half-life in its ramp-up. Plain SGD: Adam's first step would turn the data-parallel
+# run's rounding-sized gradient differences into +-lr.
+STRAIGHT = Config(dataset="digits", model="stylegan2", image_size=32, width=4, latent_dim=4, batch_size=8,
+                  mapping_layers=2, penalty="r1", penalty_weight=0.01, penalty_every=2, path_length_weight=2.0,
+                  ema_kimg=10.0, ema_rampup=0.05, style_mixing=1.0, optimizer="sgd", g_lr=0.01, d_lr=0.01)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """6 steps of `STRAIGHT` on one device: (experiment, compiled step, batches, initial state, states after
+    each step, metrics of each step, the checkpoint directory holding the state after 3 steps)."""
+    exp = experiment.build(STRAIGHT, num_classes=0)
+    xs = jax.random.uniform(jax.random.key(1), (6, 1, 8, 32, 32, 1), minval=-1, maxval=1)
+    state = initial = jax.jit(exp.init)(jax.random.key(0))
+    # compiled once, ahead of time: a restored state with other types or placements would raise, not recompile
+    step = jax.jit(exp.train_step()).lower(state, {"x": xs[0]}).compile()
+    ckpt_dir = tmp_path_factory.mktemp("sg2") / "ckpt"
+    states, metrics = [], []
+    for i, x in enumerate(xs):
+        if i == 3:
+            with Checkpointer(ckpt_dir, save_every=1, async_save=False) as ckpt:
+                ckpt.save(3, state, {"position": 3})
+        state, m = step(state, {"x": x})
+        states.append(state)
+        metrics.append(m)
+    return exp, step, xs, initial, states, metrics, ckpt_dir
 
 
 @pytest.mark.slow  # compiles init and one train step: ~2 min cold on 2 loaded cores
-def test_resume_mid_interval_of_the_lazy_terms_and_in_the_ema_ramp_up_is_exact(tmp_path):
-    """6 steps of a tiny StyleGAN2 (path length and lazy R1 both every 4, EMA half-life with ramp-up) straight,
-    against the same run checkpointed after 3 steps (both lazy intervals half-way: their next steps are 4),
-    restored into a fresh state and continued: every leaf of the final state is bitwise equal (parameters, EMA,
-    w_avg, pl_mean, optimizer states, step, key). The straight run also shows the lazy terms on steps 0 and 4
-    only, pl_mean moving by the path-length update on those steps, and the ramp-up's first EMA copy."""
-    exp = experiment.build(TINY, num_classes=0)
-    xs = jax.random.uniform(jax.random.key(1), (6, 1, 4, 32, 32, 1), minval=-1, maxval=1)
-    state = jax.jit(exp.init)(jax.random.key(0))
-    # compiled once, ahead of time: a restored state with other types or placements would raise, not recompile
-    step = jax.jit(exp.train_step()).lower(state, {"x": xs[0]}).compile()
+def test_resume_mid_interval_of_the_lazy_terms_and_in_the_ema_ramp_up_is_exact(straight_run):
+    """6 steps of a tiny StyleGAN2 (path length every 4 and lazy R1 every 2, EMA half-life with ramp-up)
+    straight, against the same run checkpointed after 3 steps (both lazy intervals half-way: their next step is
+    4), restored into a fresh state and continued: every leaf of the final state is bitwise equal (parameters,
+    EMA, w_avg, pl_mean, step, key). The straight run also shows the lazy terms on their steps only, pl_mean
+    moving by the path-length update on those steps, and the ramp-up's first EMA copy."""
+    exp, step, xs, initial, states, metrics, ckpt_dir = straight_run
     pl = lambda s: float(s.g.model_state["stylegan2"]["pl_mean"])  # noqa: E731
-    lazy, pl_means = [], [pl(state)]
-    for i, x in enumerate(xs):
-        if i == 3:
-            with Checkpointer(tmp_path / "ckpt", save_every=1, async_save=False) as ckpt:
-                ckpt.save(3, state, {"position": 3})
-                resumed, _ = ckpt.restore(3, jax.eval_shape(exp.init, jax.random.key(9)))
-        state, metrics = step(state, {"x": x})
-        assert float(metrics["finite"]) == 1.0
-        lazy.append((float(metrics["g/path_length_update"]) != 0, float(metrics["d/r1"]) != 0))
-        pl_means.append(pl(state))
-        np.testing.assert_allclose(pl_means[-1] - pl_means[-2], float(metrics["g/path_length_update"]), rtol=1e-5)
-        if i == 0:  # the ramp-up's half-life is 0 at step 0: the EMA copies G
-            jax.tree.map(np.testing.assert_array_equal, state.g_ema_params, state.g.params)
-    assert lazy == [(True, True), (False, False), (False, False), (False, False), (True, True), (False, False)]
+    pl_means = [pl(initial)] + [pl(s) for s in states]
+    lazy = [(float(m["g/path_length_update"]) != 0, float(m["d/r1"]) != 0) for m in metrics]
+    for i, m in enumerate(metrics):
+        assert float(m["finite"]) == 1.0
+        np.testing.assert_allclose(pl_means[i + 1] - pl_means[i], float(m["g/path_length_update"]), rtol=1e-5)
+    # the ramp-up's half-life is 0 at step 0: the EMA copies G
+    jax.tree.map(np.testing.assert_array_equal, states[0].g_ema_params, states[0].g.params)
+    assert lazy == [(True, True), (False, False), (False, True), (False, False), (True, True), (False, False)]
     assert pl_means[1] > 0 and pl_means[6] != pl_means[3]  # pl_mean moves after the resume point
-    assert 6 * 4 * TINY.ema_rampup < 1000 * TINY.ema_kimg  # still in the ramp-up: the EMA decay changes each step
+    # still in the ramp-up: the EMA decay changes each step
+    assert 6 * STRAIGHT.batch_size * STRAIGHT.ema_rampup < 1000 * STRAIGHT.ema_kimg
+    with Checkpointer(ckpt_dir, save_every=1, async_save=False) as ckpt:
+        resumed, _ = ckpt.restore(3, jax.eval_shape(exp.init, jax.random.key(9)))
     for x in xs[3:]:
         resumed, _ = step(resumed, {"x": x})
-    for a, b in zip(state_leaves(state), state_leaves(resumed), strict=True):
+    for a, b in zip(state_leaves(states[-1]), state_leaves(resumed), strict=True):
         np.testing.assert_array_equal(b, a)
-    assert set(state.g.model_state["stylegan2"]) == {"w_avg", "pl_mean"}
+    assert set(resumed.g.model_state["stylegan2"]) == {"w_avg", "pl_mean"}
 
 
-@pytest.mark.slow  # two compilations of a StyleGAN2 train step: ~4-5 min cold on 2 loaded cores
+@pytest.mark.slow  # compiles the data-parallel StyleGAN2 step: ~3 min cold on 2 loaded cores
 @pytest.mark.skipif(jax.device_count() < 2, reason="needs 2 (simulated) devices; see conftest.py")
-def test_data_parallel_steps_equal_one_device():
-    """Two steps on 2 devices (4 examples each) against one device with the global batch of 8: style mixing
-    (probability 1: one cutoff per global batch), noise inputs (drawn for the global batch), lazy R1, the
-    minibatch-stddev groups of 4 consecutive examples (never across devices), w_avg's update (a mean over
-    the global batch) and path length on step 0 (the first half of the global batch, split over the devices,
-    with y drawn for it: penalty, gradient and pl_mean as on one device). Plain SGD (Adam's first step would turn
-    rounding-sized gradients into +-lr)."""
-    config = dataclasses.replace(TINY, batch_size=8, penalty_every=2, style_mixing=1.0,
-                                 optimizer="sgd", g_lr=0.01, d_lr=0.01)
-    rng = np.random.default_rng(0)
-    batches = [{"x": rng.uniform(-1, 1, (1, 8, 32, 32, 1)).astype(np.float32)} for _ in range(2)]
-    exp = experiment.build(config, num_classes=0)
-    state = initial = jax.jit(exp.init)(jax.random.key(0))
-    step = jax.jit(exp.train_step())
-    metrics = []
-    for batch in batches:
-        state, m = step(state, batch)
-        metrics.append(m)
+def test_data_parallel_steps_equal_one_device(straight_run):
+    """The straight run's first two steps on 2 devices (4 examples each) against one device with the global
+    batch of 8: style mixing (probability 1: one cutoff per global batch), noise inputs (drawn for the global
+    batch), lazy R1, the minibatch-stddev groups of 4 consecutive examples (never across devices), w_avg's
+    update (a mean over the global batch) and path length on step 0 (the first half of the global batch, split
+    over the devices, with y drawn for it: penalty, gradient and pl_mean as on one device)."""
+    _, _, xs, initial, states, metrics, _ = straight_run
     mesh = parallel.make_mesh(2, 1)
-    dp_exp = experiment.build(config, num_classes=0, axis_name=parallel.DATA_AXIS)
+    dp_exp = experiment.build(STRAIGHT, num_classes=0, axis_name=parallel.DATA_AXIS)
     dp_state = jax.device_put(initial, parallel.replicated(mesh))
     dp_step = parallel.data_parallel_step(dp_exp.train_step(parallel.DATA_AXIS), mesh)
-    for batch, m in zip(batches, metrics):
-        dp_state, dp_m = dp_step(dp_state, parallel.shard_batch(batch, mesh))
+    for x, m in zip(xs[:2], metrics):
+        dp_state, dp_m = dp_step(dp_state, parallel.shard_batch({"x": np.asarray(x)}, mesh))
         for name in ("d/r1", "g/path_length", "g/path_length_update", "g/total", "d/total"):
             np.testing.assert_allclose(float(dp_m[name]), float(m[name]), rtol=1e-4, err_msg=name)
     assert float(metrics[0]["d/r1"]) > 0 and float(metrics[1]["d/r1"]) == 0  # lazy: step 0 only
     assert float(metrics[0]["g/path_length"]) > 0 and float(metrics[1]["g/path_length"]) == 0
+    state = states[1]
     for ref, got in ((state.g.params, dp_state.g.params), (state.d.params, dp_state.d.params),
                      (state.g.model_state, dp_state.g.model_state)):
         for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ref)[0], jax.tree.leaves(got)):
