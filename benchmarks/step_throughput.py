@@ -43,7 +43,9 @@ machine), printing both medians and the paired ratio (median of per-block-pair r
 The torch steps timed are ``--torch_variant`` (default ``jaxgan,examples``): ``jaxgan`` is jaxgan's step
 (fresh latents and a second G forward for the G update), ``examples`` the pytorch/examples reference loop (DCGAN;
 the D update's fake serves the G update: one G forward per step), the schedule of jaxgan's
-``--set g_latents=reuse``. The JSON's flat torch fields are the first variant's; ``torch_by_variant`` has each.
+``--set g_latents=reuse``. ``VARIANT@MODE`` (e.g. ``examples@max-autotune``) runs that step with G and D under
+``torch.compile(mode=MODE)`` (compiled in the warm-up, before timing). The JSON's flat torch fields are the
+first variant's; ``torch_by_variant`` has each.
 
 ``--peak`` measures an 8192^3 matmul in ``--compute_dtype`` (JAX's default precision: TF32 for float32 on
 Ampere/Hopper GPUs) and reports the fraction of it, and of the datasheet peak for H100/H200, that each step reaches
@@ -122,7 +124,8 @@ def parse_args(argv=None):
     p.add_argument("--compare_torch", action="store_true")
     p.add_argument("--torch_variant", default="jaxgan,examples",
                    help="comma-separated torch steps to time: jaxgan (jaxgan's step), examples (the pytorch/examples "
-                        "reference loop: one G forward per step; DCGAN only)")
+                        "reference loop: one G forward per step; DCGAN only); either with @MODE runs G and D "
+                        "under torch.compile(mode=MODE), MODE one of " + ", ".join(TORCH_COMPILE_MODES))
     p.add_argument("--torch_channels_last", action="store_true")
     p.add_argument("--torch_threads", type=int, default=0, help="0: torch's default")
     p.add_argument("--peak", action="store_true",
@@ -131,10 +134,11 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=None, help="default: 0")
     args = p.parse_args(argv)
     args.torch_variants = [v for v in args.torch_variant.split(",") if v]
-    unknown = sorted(set(args.torch_variants) - {"jaxgan", "examples"})
+    unknown = sorted(v for v in args.torch_variants if v.partition("@")[0] not in ("jaxgan", "examples")
+                     or ("@" in v and v.partition("@")[2] not in TORCH_COMPILE_MODES))
     if unknown or not args.torch_variants:
-        print(f"error: --torch_variant={args.torch_variant}: accepted: jaxgan, examples (comma-separated)",
-              file=sys.stderr)
+        print(f"error: --torch_variant={args.torch_variant}: accepted: jaxgan, examples, each optionally with "
+              f"@MODE, MODE one of {', '.join(TORCH_COMPILE_MODES)} (comma-separated)", file=sys.stderr)
         sys.exit(2)
     try:
         args.config_fields, args.flagfile_ignored = resolve_config_fields(args)
@@ -386,6 +390,7 @@ def count_params(tree) -> int:
 
 
 TORCH_TWINS = {"dcgan": ("torch_dcgan", (32, 64, 128)), "sngan": ("torch_sngan", (32, 64, 128))}  # module, sizes
+TORCH_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def make_torch_twins(args, exp, counts) -> dict:
@@ -412,14 +417,15 @@ def make_torch_twins(args, exp, counts) -> dict:
     device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
     if device == "cuda":
         torch.backends.cudnn.benchmark = True  # what a tuned PyTorch training script sets
-    kw = dict(device=device, compute_dtype=args.compute_dtype)
     models = {}
     for variant in args.torch_variants:
+        step, _, mode = variant.partition("@")
+        kw = dict(device=device, compute_dtype=args.compute_dtype, compile_mode=mode or None)
         if args.model == "dcgan":
             models[variant] = twin_module.TorchDCGAN(args.image_size, args.channels, exp.generator.latent_dim,
-                                                     exp.generator.ngf, variant=variant,
+                                                     exp.generator.ngf, variant=step,
                                                      channels_last=args.torch_channels_last, **kw)
-        elif variant == "jaxgan":
+        elif step == "jaxgan":
             models[variant] = twin_module.TorchSNGAN(args.image_size, args.channels, exp.generator.latent_dim,
                                                      exp.generator.ch, loss=args.loss, n_critic=args.n_critic, **kw)
         else:

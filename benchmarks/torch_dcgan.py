@@ -122,7 +122,8 @@ class TorchDCGAN(TorchTwin):
     """Models, optimizers and one train step (``step(real)``, real NCHW float32 [B, C, S, S])."""
 
     def __init__(self, image_size=64, channels=3, latent_dim=100, width=64, variant="jaxgan", seed=0,
-                 lr=2e-4, betas=(0.5, 0.999), channels_last=False, device="cpu", compute_dtype="float32"):
+                 lr=2e-4, betas=(0.5, 0.999), channels_last=False, device="cpu", compute_dtype="float32",
+                 compile_mode=None):
         if variant not in ("jaxgan", "examples"):
             raise ValueError(f"variant={variant!r}; accepted: jaxgan, examples")
         torch.manual_seed(seed)
@@ -130,7 +131,8 @@ class TorchDCGAN(TorchTwin):
         d = Discriminator(image_size, channels, width)
         init_weights(g)
         init_weights(d)
-        self._setup(g, d, device=device, compute_dtype=compute_dtype, channels_last=channels_last, lr=lr, betas=betas)
+        self._setup(g, d, device=device, compute_dtype=compute_dtype, channels_last=channels_last, lr=lr, betas=betas,
+                    compile_mode=compile_mode)
         self.variant = variant
         self.latent_dim = latent_dim
 

@@ -289,7 +289,8 @@ class TorchSNGAN(TorchTwin):
     """
 
     def __init__(self, image_size=32, channels=3, latent_dim=128, ch=64, loss="non_saturating", n_critic=1,
-                 device="cpu", compute_dtype="float32", seed=0, lr=2e-4, betas=(0.5, 0.999), channels_last=False):
+                 device="cpu", compute_dtype="float32", seed=0, lr=2e-4, betas=(0.5, 0.999), channels_last=False,
+                 compile_mode=None):
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r}; accepted: {', '.join(LOSSES)}")
         if n_critic < 1:
@@ -299,7 +300,8 @@ class TorchSNGAN(TorchTwin):
         d = Discriminator(image_size, channels, ch)
         init_weights(g)
         init_weights(d)
-        self._setup(g, d, device=device, compute_dtype=compute_dtype, channels_last=channels_last, lr=lr, betas=betas)
+        self._setup(g, d, device=device, compute_dtype=compute_dtype, channels_last=channels_last, lr=lr, betas=betas,
+                    compile_mode=compile_mode)
         self.loss, self.n_critic, self.latent_dim = loss, n_critic, latent_dim
 
     def _latents(self, b):

@@ -18,7 +18,9 @@ class TorchTwin:
     """Base of the twins: ``_setup`` after building (and initialising) G and D; ``autocast()`` around forwards."""
 
     def _setup(self, g: nn.Module, d: nn.Module, *, device, compute_dtype: str, channels_last: bool, lr: float,
-               betas: tuple[float, float]) -> None:
+               betas: tuple[float, float], compile_mode: str | None = None) -> None:
+        """``compile_mode``: None (eager) or a `torch.compile` mode for G's and D's forwards (their backwards
+        are compiled with them; the optimizers stay eager), as a user of ``torch.compile`` writes it."""
         if compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype={compute_dtype!r}; accepted: {', '.join(COMPUTE_DTYPES)}")
         self.device = torch.device(device)
@@ -30,6 +32,9 @@ class TorchTwin:
             m.train()
         self.opt_g = torch.optim.Adam(g.parameters(), lr=lr, betas=betas)
         self.opt_d = torch.optim.Adam(d.parameters(), lr=lr, betas=betas)
+        self.compile_mode = compile_mode
+        if compile_mode is not None:
+            self.g, self.d = (torch.compile(m, mode=compile_mode) for m in (g, d))
 
     def autocast(self):
         """bfloat16 as jaxgan's --compute_dtype: autocast the forward passes; parameters and Adam state stay float32."""

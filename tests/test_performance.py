@@ -323,8 +323,12 @@ def test_step_throughput_config_from_flagfile_options_and_set(capsys):
             step_throughput.parse_args(bad)
         err = capsys.readouterr().err.strip().splitlines()
         assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: --set")
-    with pytest.raises(SystemExit) as e:
-        step_throughput.parse_args(["--torch_variant=jaxgan,both"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and err == ["error: --torch_variant=jaxgan,both: accepted: jaxgan, examples "
-                                         "(comma-separated)"]
+    for bad in ("jaxgan,both", "examples@fastest"):
+        with pytest.raises(SystemExit) as e:
+            step_throughput.parse_args([f"--torch_variant={bad}"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and err == [f"error: --torch_variant={bad}: accepted: jaxgan, examples, each "
+                                             "optionally with @MODE, MODE one of default, reduce-overhead, "
+                                             "max-autotune, max-autotune-no-cudagraphs (comma-separated)"]
+    assert step_throughput.parse_args(["--torch_variant=examples@max-autotune,jaxgan"]).torch_variants == [
+        "examples@max-autotune", "jaxgan"]
