@@ -25,10 +25,11 @@ Under ``jax.vmap`` (a sweep of models, `jaxgan.sweep`) the custom calls get lead
 `batch_mode` chooses: "concurrent" (the default) runs them side by side, one convolution per OpenMP thread on a
 kernel planned for one thread (whole rounds of as many convolutions as threads; a remainder runs one after another
 on every thread); "grouped" runs them as one grouped oneDNN convolution (the activations transposed so that the
-models' channels sit side by side); "loop" runs them one after another on every thread. A kernel shared by the
-whole batch folds the batch into the examples instead (one convolution). Small convolutions keep few threads
-busy, so running several at once pays most there; "concurrent" was the fastest or within noise of the fastest
-on every DCGAN size measured (docs/performance.md, ``benchmarks/sweep_speedup.py --model=dcgan``).
+models' channels sit side by side); "loop" runs them one after another on every thread. Except in "loop", a
+kernel shared by the whole batch folds the batch into the examples instead (one convolution). Small
+convolutions keep few threads busy, so running several at once pays most there; "concurrent" was the fastest
+or within noise of the fastest on every DCGAN size measured (docs/performance.md,
+``benchmarks/sweep_speedup.py --model=dcgan``).
 A program on one device runs them on every core; a program on N (simulated) CPU devices gives each device's
 calls its share of the cores (``threads_per_device``).
 """
@@ -85,8 +86,9 @@ def _check():
 
 
 def _lowering(pass_):
-  """The FFI custom call of a pass (cpu). Operands with leading (vmap) dimensions run as one oneDNN call
-  (`_batched`); the FFI handler's own loop over them (one convolution per index) is `batch_mode("loop")`."""
+  """The FFI custom call of a pass (cpu). With leading (vmap) dimensions (``variant`` = the `batch_mode`): the
+  handler runs the batch side by side ("concurrent") or one after another ("loop"); "grouped" and a kernel
+  shared by the whole batch (in either mode but "loop") lower through `_batched` instead."""
   target = f"jaxgan_{_TARGETS[pass_]}"
   rule = jax.ffi.ffi_lowering(target)
 
@@ -95,10 +97,12 @@ def _lowering(pass_):
     attrs = dict(strides=np.asarray(geom.strides, np.int64),
                  padding=np.asarray([p for lo_hi in geom.pads for p in lo_hi], np.int64), threads=np.int64(threads))
     mode = variant or "concurrent"
-    if ctx.avals_in[0].ndim == 4 or mode != "grouped":
-      return rule(ctx, a, b, **attrs, groups=np.int64(-1 if mode == "concurrent" else 0))
-    batched = functools.partial(_batched, pass_, target, ctx.avals_out[0], attrs)
-    return mlir.lower_fun(batched, multiple_results=False)(ctx, a, b)
+    kernel = ctx.avals_in[1] if pass_ != "wgrad" else None
+    shared_kernel = kernel is not None and all(d == 1 for d in kernel.shape[:-4])
+    if ctx.avals_in[0].ndim > 4 and (mode == "grouped" or (shared_kernel and mode != "loop")):
+      batched = functools.partial(_batched, pass_, target, ctx.avals_out[0], attrs)
+      return mlir.lower_fun(batched, multiple_results=False)(ctx, a, b)
+    return rule(ctx, a, b, **attrs, groups=np.int64(-1 if mode == "concurrent" else 0))
 
   return lower, "cpu"
 
@@ -163,9 +167,9 @@ _batch_mode: contextvars.ContextVar[str] = contextvars.ContextVar("jaxgan_onednn
 
 @contextlib.contextmanager
 def batch_mode(mode: str):
-  """How calls traced inside run under ``jax.vmap``: "grouped" (the default: one oneDNN call for the whole
-  batch, `_batched`) or "loop" (one oneDNN convolution per batch index, in the handler). For benchmarks and
-  tests; the choice is recorded in the traced program, so jit caches stay correct."""
+  """How the convolutions traced inside run under ``jax.vmap`` (module docstring): "concurrent" (the default),
+  "grouped" or "loop". For benchmarks and tests; the choice is recorded in the traced program (a parameter of
+  the primitives), so jit caches stay correct."""
   if mode not in BATCH_MODES:
     raise ValueError(f"batch_mode={mode!r}; accepted: {', '.join(map(repr, BATCH_MODES))}")
   token = _batch_mode.set(mode)

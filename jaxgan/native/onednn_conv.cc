@@ -14,9 +14,9 @@
 // Leading dimensions before the last four are a batch (jax.vmap; see RunBatched), one convolution per index:
 // groups = 0 runs them one after another on the calling thread's team, groups = -1 side by side (a convolution
 // per thread, planned for one thread). groups = G > 0 instead runs G independent convolutions as one grouped
-// oneDNN convolution (RunGrouped): the
-// activations come with the G convolutions' channels side by side, x [N,H,W,G*C] and y [N,Ho,Wo,G*O], and the
-// kernels as w [G,kh,kw,C,O] (the caller transposes [G,N,H,W,C] activations into that layout).
+// oneDNN convolution (RunGrouped): the activations come with the G convolutions' channels side by side,
+// x [N,H,W,G*C] and y [N,Ho,Wo,G*O], and the kernels as w [G,kh,kw,C,O] (the caller transposes [G,N,H,W,C]
+// activations into that layout).
 // Dtypes: the two operands and the result are all float32 or all bfloat16. In bfloat16 oneDNN accumulates in
 // float32; the weight gradient is computed in float32 and rounded once into the bfloat16 result.
 // Primitives are built once per shape and cached; oneDNN chooses the kernel's weight layout ("any") and
@@ -268,28 +268,28 @@ ffi::Error RunBatched(Pass pass, Operand xs, Operand ws, Operand ys, ffi::Span<c
   // the threads) one after another on every thread, so that 3 runs on 2 cores do not take 2 rounds of one thread
   int team = static_cast<int>(std::min<int64_t>(total, omp_get_max_threads()));
   int64_t together = concurrent && team > 1 ? total / team * team : 0;
-  if (together < total) {
-    for (int64_t i = together; i < total; ++i) {
-      char* ptr[3];
-      pointers(i, ptr);
-      ffi::Error err = Run(pass, plan, ptr[0], ptr[1], ptr[2]);
-      if (err.failure()) return err;
-    }
+  for (int64_t i = together; i < total; ++i) {
+    char* ptr[3];
+    pointers(i, ptr);
+    ffi::Error err = Run(pass, plan, ptr[0], ptr[1], ptr[2]);
+    if (err.failure()) return err;
   }
   if (together == 0) return ffi::Error::Success();
   std::shared_ptr<Plan> single;
-  if (ffi::Error err = MakeOrGetPlan(pass, g, 1, &single); err.failure()) return err;
-  omp_set_num_threads(static_cast<int>(threads > 0 ? threads : team));
-  std::vector<std::string> errors(together);
+  int own = omp_get_max_threads();
+  ffi::Error planned = MakeOrGetPlan(pass, g, 1, &single);  // planned on (and so for) one thread
+  omp_set_num_threads(own);
+  if (planned.failure()) return planned;
+  std::vector<std::string> errors(together);  // one slot per index: the threads never share one
 #pragma omp parallel for num_threads(team) schedule(static)
   for (int64_t i = 0; i < together; ++i) {
     char* ptr[3];
     pointers(i, ptr);
     ffi::Error err = Run(pass, single, ptr[0], ptr[1], ptr[2]);
-    if (err.failure()) errors[i] = "failed";
+    if (err.failure()) errors[i] = err.message();
   }
-  for (const std::string& e : errors) {
-    if (!e.empty()) return ffi::Error(ffi::ErrorCode::kInternal, "oneDNN convolution failed in a batch");
+  for (const std::string& message : errors) {
+    if (!message.empty()) return ffi::Error(ffi::ErrorCode::kInternal, message);
   }
   return ffi::Error::Success();
 }
