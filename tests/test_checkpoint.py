@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO
+from conftest import REPO, subprocess_xla_flags
 from jaxgan import experiment, training
 from jaxgan.checkpoint import CheckpointError, Checkpointer
 
@@ -207,7 +207,7 @@ def test_sample_on_a_damaged_workdir_is_one_error_line(template, workdir, tmp_pa
     damaged one; all damaged -> one error line, exit code 2."""
     directory = workdir / "checkpoints"
     flip_bit(data_file(directory / "2"))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": subprocess_xla_flags(1)}
     command = [sys.executable, str(REPO / "launch" / "sample.py"), f"--workdir={workdir}", "--num=5",
                "--format=npy"]
     result = subprocess.run([*command, f"--out={tmp_path / 'a.npy'}"], capture_output=True, text=True,

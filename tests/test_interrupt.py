@@ -17,12 +17,12 @@ import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, subprocess_xla_flags
 from jaxgan import interrupts, reliability
 from jaxgan.checkpoint import Checkpointer
 
 CACHE = str(REPO / ".jax_cache")
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+ENV = {**os.environ, "XLA_FLAGS": subprocess_xla_flags(1), "JAX_PLATFORMS": "cpu"}
 # a run far too long to finish within the test: reaching its end would be a timeout
 TRAIN = ["--dataset=ring8", "--width=16", "--depth=2", "--batch_size=32", "--steps=1000000", "--log_every=5",
          "--checkpoint_every=100000"]

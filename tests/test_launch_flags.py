@@ -15,13 +15,13 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, read_study_flagfile
+from conftest import REPO, read_study_flagfile, subprocess_xla_flags
 from jaxgan import experiment
 from jaxgan.experiment import Config, ConfigError
 from jaxgan.cli import common as _common
 
 CACHE = str(REPO / ".jax_cache")
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
+ENV = {**os.environ, "XLA_FLAGS": subprocess_xla_flags(1), "JAX_PLATFORMS": "cpu",
        "PYTHONPATH": str(REPO)}
 
 # Runs [(name, [args...], [paths that must not exist afterwards])] through launch/<argv[1]>.py's parse + main.

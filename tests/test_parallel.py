@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, PartitionSpec as P
 
+from conftest import subprocess_xla_flags
 from jaxgan import experiment, parallel, training
 from jaxgan.checkpoint import Checkpointer
 from jaxgan.experiment import Config, ConfigError
@@ -209,7 +210,7 @@ with Checkpointer(sys.argv[1], save_every=1) as ckpt:
 
 
 def test_checkpoint_from_eight_devices_restores_on_one_and_four(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
+    env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags(8), "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "-c", _WRITE_ON_EIGHT, str(tmp_path / "eight")], env=env, check=True, timeout=120)
     exp = experiment.build(mlp_config())
@@ -234,7 +235,7 @@ def _free_port() -> int:
 def _worker_env(devices: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", PYTHONUNBUFFERED="1")
+               XLA_FLAGS=subprocess_xla_flags(devices), PYTHONUNBUFFERED="1")
     return env
 
 

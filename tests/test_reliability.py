@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, subprocess_xla_flags
 from jaxgan import experiment, reliability, training, xla_flags
 from jaxgan.checkpoint import Checkpointer
 
@@ -26,7 +26,7 @@ TINY = ["--dataset=ring8", "--width=16", "--depth=2", "--batch_size=32", "--num_
 STEPS = 60
 KILL = [f"--steps={STEPS}", "--log_every=1", "--checkpoint_every=10"]
 # one CPU device, so the subprocesses do not compete for the 2 cores with collectives
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+ENV = {**os.environ, "XLA_FLAGS": subprocess_xla_flags(1), "JAX_PLATFORMS": "cpu"}
 SEED = int(os.environ.get("JAXGAN_TEST_SEED", time.time_ns() % 10_000))
 
 

@@ -17,7 +17,7 @@ from jaxgan import parallel, sweep
 from jaxgan.experiment import Config
 from jaxgan.training import make_data
 
-from conftest import REPO
+from conftest import REPO, subprocess_xla_flags
 
 BASE = Config(dataset="ring8", width=16, depth=1, batch_size=32, steps=6, log_every=3, num_samples=200,
               g_lr=1e-3, d_lr=1e-3)
@@ -157,7 +157,7 @@ def test_seed_devices_bad_chunk_or_device_count(groups):
 def test_launcher_seed_devices(tmp_path):
     common = [sys.executable, "launch/sweep.py", "--dataset=ring8", "--width=8", "--depth=1", "--batch_size=16",
               "--steps=2", "--log_every=2", "--num_samples=50", "--w1_samples=0", f"--jax_cache_dir={REPO}/.jax_cache"]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags(2), "JAX_PLATFORMS": "cpu"}
     bad = subprocess.run(common + ["--workdir=/nonexistent", "--seeds=2", "--mesh_seed=2", "--chunk=3"], cwd=REPO,
                          env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr

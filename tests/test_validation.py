@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, subprocess_xla_flags
 from jaxgan.data import images
 
 CACHE = str(REPO / ".jax_cache")
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
+ENV = {**os.environ, "XLA_FLAGS": subprocess_xla_flags(1), "JAX_PLATFORMS": "cpu",
        "PYTHONPATH": str(REPO)}
 SEED = int(os.environ.get("JAXGAN_TEST_SEED", time.time_ns() % 10_000))
 

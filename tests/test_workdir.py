@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, subprocess_xla_flags
 from jaxgan import parallel
 from jaxgan import workdir as workdir_lib
 from jaxgan.checkpoint import Checkpointer
@@ -23,8 +23,7 @@ TINY = ["--dataset=ring8", "--model=mlp", "--width=16", "--depth=2", "--batch_si
 
 def launch(script, *args, cwd=REPO, timeout=300, **popen):
     cmd = [sys.executable, str(REPO / "launch" / script), *args, f"--jax_cache_dir={CACHE}"]
-    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu",
-           "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags(1), "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
     if popen:
         return subprocess.Popen(cmd, cwd=cwd, env=env, text=True, **popen)
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
