@@ -255,7 +255,8 @@ def on_seed_axis(fn: Callable, mesh: Mesh | None, in_specs, out_specs) -> Callab
     for ``[S, ...]``, ``P(None, "seed")`` for ``[L, S, ...]``; a data axis may split the batch too). Returns
     ``fn`` itself without a mesh. Not jitted. (Plain ``jax.jit`` on seed-sharded inputs would leave the split to
     XLA's SPMD partitioner, which cannot split the grouped convolutions that vmap makes of an image model's
-    convolutions: "output feature dimension ... divisible by feature_group_count".)
+    XLA convolutions: "output feature dimension ... divisible by feature_group_count"; nor oneDNN's custom
+    calls, which it does not know.)
     """
     if mesh is None:
         return fn

@@ -346,8 +346,9 @@ def test_digits_vmapped_chunk_equals_separate_runs(digits_group, digits_vmapped,
 
 
 def test_digits_seed_sharded_equals_one_device(digits_group, digits_vmapped, digits_classifier):
-    # Image models under vmap have grouped convolutions, which XLA's SPMD partitioner cannot split over the seed
-    # axis; the sweep runs each device's share of the runs under shard_map instead (one run per device here).
+    # Image models under vmap have convolutions that XLA's SPMD partitioner cannot split over the seed axis (XLA's
+    # grouped convolutions, oneDNN's custom calls); the sweep runs each device's share of the runs under shard_map
+    # instead (one run per device here).
     mesh = sweep.sweep_mesh(dataclasses.replace(DIGITS, mesh_seed=2))
     sharded = sweep.run_group(digits_group, chunk=2, num_samples=DIGITS_SAMPLES,
                               classifier=digits_classifier, mesh=mesh)
