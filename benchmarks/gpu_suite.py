@@ -8,6 +8,11 @@ JSON line to ``--out`` as soon as it is measured (a case that fails is recorded 
 goes on), then prints a table. The matmul peak is measured once per dtype (`step_throughput.matmul_tflops`
 caches it). Meant for a GPU; on CPU use
 ``step_throughput.py`` directly.
+
+The torch steps of a case with a twin: its eager steps (DCGAN: jaxgan's step and the pytorch/examples loop;
+SNGAN: jaxgan's) and jaxgan's step under ``torch.compile`` in each ``--torch_compile`` mode (default: default and
+max-autotune; ``--torch_compile=`` for eager only). StyleGAN2 and BigGAN have no torch twin: their cases time
+jaxgan alone (the shipped flagfiles' networks on random data).
 """
 from __future__ import annotations
 
@@ -29,7 +34,19 @@ CASES = [
     ("dcgan-128-b128", "--model=dcgan --image_size=128 --channels=3 --batch_size=128"),
     ("sngan-32-b256", "--model=sngan --image_size=32 --channels=3 --batch_size=256"),
     ("sngan-128-b64", "--model=sngan --image_size=128 --channels=3 --batch_size=64"),
+    ("stylegan2-256-b32", "--flagfile=launch/configs/stylegan2_ffhq256.cfg --batch_size=32"),
+    ("biggan-128-b256", "--flagfile=launch/configs/imagenet128_biggan.cfg --batch_size=256"),
 ]
+EAGER_TORCH = {"dcgan": "jaxgan,examples", "sngan": "jaxgan"}
+
+
+def torch_variants(case_flags: str, compile_modes: list[str]) -> str | None:
+    """The ``--torch_variant`` of a case: its eager steps, then jaxgan's step under each torch.compile mode;
+    None for a model without a twin."""
+    model = next((f.split("=", 1)[1] for f in case_flags.split() if f.startswith("--model=")), None)
+    if model not in EAGER_TORCH:
+        return None
+    return ",".join([EAGER_TORCH[model]] + [f"jaxgan@{mode}" for mode in compile_modes])
 DTYPES = ("float32", "bfloat16")
 
 
@@ -41,15 +58,24 @@ def main(argv=None):
     p.add_argument("--blocks", type=int, default=5)
     p.add_argument("--block_sec", type=float, default=1.0)
     p.add_argument("--extra", default="", help="flags appended to every case")
+    p.add_argument("--torch_compile", default="default,max-autotune",
+                   help="comma-separated torch.compile modes for jaxgan's torch step ('' : eager only)")
     args = p.parse_args(argv)
+    modes = [m for m in args.torch_compile.split(",") if m]
+    unknown = [m for m in modes if m not in step_throughput.TORCH_COMPILE_MODES]
+    if unknown:
+        p.error(f"--torch_compile={args.torch_compile}: accepted: "
+                f"{', '.join(step_throughput.TORCH_COMPILE_MODES)} (comma-separated)")
     prefixes = [x for x in args.only.split(",") if x]
     rows = []
     for name, flags in CASES:
         if prefixes and not any(name.startswith(x) for x in prefixes):
             continue
         for dtype in args.dtypes.split(","):
-            argv_case = (flags.split() + [f"--compute_dtype={dtype}", "--compare_torch", "--peak",
-                                          f"--blocks={args.blocks}", f"--block_sec={args.block_sec}"]
+            variants = torch_variants(flags, modes)
+            argv_case = (flags.split() + [f"--compute_dtype={dtype}", "--peak", f"--blocks={args.blocks}",
+                                          f"--block_sec={args.block_sec}"]
+                         + (["--compare_torch", f"--torch_variant={variants}"] if variants else [])
                          + args.extra.split())
             print(f"\n===== {name} {dtype}: {' '.join(argv_case)}", flush=True)
             t0 = time.perf_counter()

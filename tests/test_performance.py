@@ -332,3 +332,26 @@ def test_step_throughput_config_from_flagfile_options_and_set(capsys):
                                              "max-autotune, max-autotune-no-cudagraphs (comma-separated)"]
     assert step_throughput.parse_args(["--torch_variant=examples@max-autotune,jaxgan"]).torch_variants == [
         "examples@max-autotune", "jaxgan"]
+
+
+def test_gpu_suite_times_each_twin_eager_and_compiled_and_parses_every_case(monkeypatch):
+    """benchmarks/gpu_suite.py: DCGAN's and SNGAN's torch steps eager and jaxgan's under each torch.compile mode;
+    the models without a twin (StyleGAN2, BigGAN) are timed alone; every case's flags parse (flagfiles
+    included, from the repository root, where the suite runs); a bad mode is one error line naming the flag."""
+    import gpu_suite
+    import step_throughput
+    modes = ["default", "max-autotune"]
+    assert gpu_suite.torch_variants("--model=dcgan --image_size=32", modes) == \
+        "jaxgan,examples,jaxgan@default,jaxgan@max-autotune"
+    assert gpu_suite.torch_variants("--model=sngan", []) == "jaxgan"
+    monkeypatch.chdir(pathlib.Path(__file__).resolve().parent.parent)
+    models = set()
+    for _, flags in gpu_suite.CASES:
+        variants = gpu_suite.torch_variants(flags, modes)
+        args = step_throughput.parse_args(flags.split() + ([f"--torch_variant={variants}"] if variants else []))
+        models.add(args.model)
+        assert (variants is None) == (args.model not in step_throughput.TORCH_TWINS)
+    assert models == {"dcgan", "sngan", "stylegan2", "biggan"}
+    with pytest.raises(SystemExit) as e:
+        gpu_suite.main(["--out=/dev/null", "--torch_compile=fastest"])
+    assert e.value.code == 2
