@@ -179,28 +179,24 @@ def batch_mode(mode: str):
     _batch_mode.reset(token)
 
 
-def _variant():
-  return _batch_mode.get()
-
-
 def conv(x, w, s, pads):
   """y = lax.conv_general_dilated(x, w, s, pads) (NHWC, HWIO); x, w both float32 or both bfloat16."""
   _check()
-  return _PASSES.fwd(x, w, conv_passes.Geometry.of("conv", x.shape, w.shape, s, pads), _variant())
+  return _PASSES.fwd(x, w, conv_passes.Geometry.of("conv", x.shape, w.shape, s, pads), _batch_mode.get())
 
 
 def conv_input_grad(g, w, s, pads, hw):
   """C_w^T g: the input gradient of ``conv`` with cotangent g, for inputs of spatial size hw."""
   _check()
   return _PASSES.dgrad(g, w, conv_passes.Geometry("conv", *_static(s, pads), tuple(hw), tuple(w.shape[-4:-2])),
-                       _variant())
+                       _batch_mode.get())
 
 
 def conv_kernel_grad(x, g, s, pads, k):
   """d<g, C_w x>/dw for a kernel of spatial size k (the weight gradient of ``conv``)."""
   _check()
   return _PASSES.wgrad(x, g, conv_passes.Geometry("conv", *_static(s, pads), tuple(x.shape[-3:-1]), tuple(k)),
-                       _variant())
+                       _batch_mode.get())
 
 
 def _static(s, pads):

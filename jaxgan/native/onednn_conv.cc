@@ -206,13 +206,22 @@ struct Operand {
   const int64_t* Last4() const { return &*dims.begin() + dims.size() - 4; }
 };
 
-ffi::Error CheckDtypes(const Operand& xs, const Operand& ws, const Operand& ys, memory::data_type* dt) {
+// The geometry of `groups` convolutions x [N,H,W,groups*C], w [kh,kw,C,O], y [N,Ho,Wo,groups*O] (the last four
+// dimensions of each operand), after checking dtypes and shapes; `what` names the call in errors.
+ffi::Error GeometryOf(const Operand& xs, const Operand& ws, const Operand& ys, ffi::Span<const int64_t> strides,
+                      ffi::Span<const int64_t> padding, int64_t groups, const char* what, Geometry* g) {
   if (xs.dtype != ws.dtype || xs.dtype != ys.dtype ||
       (xs.dtype != ffi::DataType::F32 && xs.dtype != ffi::DataType::BF16)) {
-    return ffi::Error::InvalidArgument("oneDNN convolution: operands and result must be all float32 or all "
+    return ffi::Error::InvalidArgument(std::string(what) + ": operands and result must be all float32 or all "
                                        "bfloat16");
   }
-  *dt = xs.dtype == ffi::DataType::F32 ? memory::data_type::f32 : memory::data_type::bf16;
+  auto dt = xs.dtype == ffi::DataType::F32 ? memory::data_type::f32 : memory::data_type::bf16;
+  const int64_t *x = xs.Last4(), *w = ws.Last4(), *y = ys.Last4();
+  *g = Geometry{dt, x[0], w[2], x[1], x[2], w[3], w[0], w[1], y[1], y[2],
+                {strides[0], strides[1]}, {padding[0], padding[2]}, {padding[1], padding[3]}, groups};
+  if (x[3] != groups * g->c || y[3] != groups * g->o || y[0] != g->n) {
+    return ffi::Error::InvalidArgument(std::string(what) + ": inconsistent shapes");
+  }
   return ffi::Error::Success();
 }
 
@@ -235,13 +244,9 @@ ffi::Error RunBatched(Pass pass, Operand xs, Operand ws, Operand ys, ffi::Span<c
     return ffi::Error::InvalidArgument("oneDNN convolution: expects NHWC activations, an HWIO kernel (with "
                                        "the same number of leading batch dimensions), 2 strides and 4 pads");
   }
-  memory::data_type dt;
-  if (ffi::Error err = CheckDtypes(xs, ws, ys, &dt); err.failure()) return err;
-  const int64_t *x = xs.Last4(), *w = ws.Last4(), *y = ys.Last4();
-  Geometry g{dt, x[0], x[3], x[1], x[2], y[3], w[0], w[1], y[1], y[2],
-             {strides[0], strides[1]}, {padding[0], padding[2]}, {padding[1], padding[3]}};
-  if (w[2] != g.c || w[3] != g.o || y[0] != g.n) {
-    return ffi::Error::InvalidArgument("oneDNN convolution: inconsistent shapes");
+  Geometry g;
+  if (ffi::Error err = GeometryOf(xs, ws, ys, strides, padding, 1, "oneDNN convolution", &g); err.failure()) {
+    return err;
   }
   std::shared_ptr<Plan> plan;
   if (ffi::Error err = MakeOrGetPlan(pass, g, threads, &plan); err.failure()) return err;
@@ -303,14 +308,10 @@ ffi::Error RunGrouped(Pass pass, Operand xs, Operand ws, Operand ys, ffi::Span<c
     return ffi::Error::InvalidArgument("oneDNN grouped convolution: expects activations [N,H,W,G*C] and "
                                        "[N,Ho,Wo,G*O], kernels [G,kh,kw,C,O], 2 strides and 4 pads");
   }
-  memory::data_type dt;
-  if (ffi::Error err = CheckDtypes(xs, ws, ys, &dt); err.failure()) return err;
-  const int64_t *x = xs.Last4(), *w = ws.Last4(), *y = ys.Last4();
-  Geometry g{dt, x[0], w[2], x[1], x[2], w[3], w[0], w[1], y[1], y[2],
-             {strides[0], strides[1]}, {padding[0], padding[2]}, {padding[1], padding[3]}, groups};
-  if (ws.dims[0] != groups || x[3] != groups * g.c || y[3] != groups * g.o || y[0] != g.n) {
-    return ffi::Error::InvalidArgument("oneDNN grouped convolution: inconsistent shapes");
-  }
+  Geometry g;
+  ffi::Error err = GeometryOf(xs, ws, ys, strides, padding, groups, "oneDNN grouped convolution", &g);
+  if (err.failure()) return err;
+  if (ws.dims[0] != groups) return ffi::Error::InvalidArgument("oneDNN grouped convolution: inconsistent shapes");
   std::shared_ptr<Plan> plan;
   if (ffi::Error err = MakeOrGetPlan(pass, g, threads, &plan); err.failure()) return err;
   return Run(pass, plan, xs.data, ws.data, ys.data);
